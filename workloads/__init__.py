@@ -1,0 +1,1 @@
+"""Shipped workload descriptions (YAML) and weights. Installed as ``archsim.workload_files``."""

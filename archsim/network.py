@@ -207,13 +207,33 @@ def _infer_shapes(net: Network) -> dict[str, tuple[int, ...]]:
 # Reference operators (numpy, float32, batched)
 # ------------------------------------------------------------------------------------------
 
-def im2col(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
-    """(N, H, W, C) -> (N*Ho*Wo, C*kernel*kernel) patches in (c, i, j) order."""
-    if padding:
-        x = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    windows = sliding_window_view(x, (kernel, kernel), axis=(1, 2))[:, ::stride, ::stride]
-    n, ho, wo = windows.shape[:3]
-    return windows.reshape(n * ho * wo, -1)
+class Workspace:
+    """Reusable scratch buffers keyed by (purpose, shape): batches of one size reuse the same memory
+    instead of faulting in fresh pages every call. One per thread of work; not shared."""
+
+    def __init__(self):
+        self._buffers: dict[tuple, np.ndarray] = {}
+
+    def get(self, key: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        full = (key, tuple(shape), np.dtype(dtype).str)
+        buf = self._buffers.get(full)
+        if buf is None:
+            buf = self._buffers[full] = np.empty(shape, dtype)
+        return buf
+
+
+def im2col(x: np.ndarray, kernel: int, stride: int, padding: int,
+           workspace: Workspace | None = None) -> np.ndarray:
+    """(N, H, W, C) -> (N*Ho*Wo, C*kernel*kernel) patches in (c, i, j) order - the order of an
+    OIHW kernel flattened. With a workspace the result lives in its buffer (valid until the next
+    call with the same shape)."""
+    from .kernels import im2col_into
+    n, h, w, c = x.shape
+    ho = (h + 2 * padding - kernel) // stride + 1
+    wo = (w + 2 * padding - kernel) // stride + 1
+    shape = (n * ho * wo, c * kernel * kernel)
+    out = workspace.get("im2col", shape) if workspace is not None else np.empty(shape, np.float32)
+    return im2col_into(np.asarray(x, np.float32), kernel, stride, padding, ho, wo, out)
 
 
 def pool(x: np.ndarray, kernel: int, stride: int, op: str) -> np.ndarray:
@@ -235,10 +255,10 @@ def batchnorm_affine(params: Mapping[str, np.ndarray], name: str, eps: float
     return scale.astype(np.float32), offset.astype(np.float32)
 
 
-def matrix_input(layer: Layer, x: np.ndarray) -> np.ndarray:
+def matrix_input(layer: Layer, x: np.ndarray, workspace: Workspace | None = None) -> np.ndarray:
     """The 2-D input of a matrix layer: im2col patches for conv, the batch for linear."""
     if layer.kind == "conv2d":
-        return im2col(x, layer.kernel, layer.stride, layer.padding)
+        return im2col(x, layer.kernel, layer.stride, layer.padding, workspace)
     return x.reshape(x.shape[0], -1)
 
 
@@ -248,21 +268,24 @@ BatchnormHook = Callable[[Layer, np.ndarray], np.ndarray]
 
 def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
             matmul: MatmulHook | None = None, batchnorm: BatchnormHook | None = None,
-            keep: Callable[[str], bool] | None = None) -> np.ndarray | dict[str, np.ndarray]:
+            keep: Callable[[str], bool] | None = None, workspace: Workspace | None = None
+            ) -> np.ndarray | dict[str, np.ndarray]:
     """Run the graph on a batch ``x`` (N, H, W, C).
 
     ``matmul(layer, a)`` computes the (P, K) @ (K, N) product of a matrix layer (default: FP32 with
     the layer's weights); bias is added after it. ``batchnorm(layer, x)`` replaces a BatchNorm layer
     (default: eval-mode affine). With ``keep``, returns every activation whose name it accepts
-    (plus the output) instead of the output alone.
+    (plus the output) instead of the output alone. ``workspace`` reuses im2col buffers across
+    calls (pass one when running many batches of one size).
     """
+    workspace = workspace if workspace is not None else Workspace()
     values: dict[str, np.ndarray] = {INPUT: np.asarray(x, dtype=np.float32)}
     refcount = {name: len(users) for name, users in net.consumers().items()}
     kept: dict[str, np.ndarray] = {}
     for layer in net.layers:
         a = values[layer.inputs[0]]
         if layer.is_matrix:
-            cols = matrix_input(layer, a)
+            cols = matrix_input(layer, a, workspace)
             if matmul is None:
                 out = cols @ net.weight_matrix(params, layer)
             else:
@@ -311,7 +334,8 @@ def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
 def predict(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, batch_size: int = 500,
             **hooks) -> np.ndarray:
     """Class predictions for a dataset, processed in batches."""
-    preds = [np.argmax(forward(net, params, x[i:i + batch_size], **hooks), axis=1)
+    workspace = hooks.pop("workspace", None) or Workspace()
+    preds = [np.argmax(forward(net, params, x[i:i + batch_size], workspace=workspace, **hooks), axis=1)
              for i in range(0, len(x), batch_size)]
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 

@@ -1,12 +1,19 @@
 """The pipeline as a Python API: load a chip and a workload, map, simulate, account, report.
 
     config -> network -> mapping -> functional and timing simulation -> energy/area -> report
+
+Example::
+
+    from archsim import simulate
+    result = simulate.run("configs/pcm_hybrid.yaml", "workloads/resnet32_cifar10.yaml", seeds=3)
+    print(result.report()["summary"]["energy_per_inference_uj"])
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping as TMapping
+from typing import Any, Mapping as TMapping, Sequence
 
 from .config import ChipConfig, load_chip
 from .mapping import Mapping, map_network
@@ -32,3 +39,75 @@ def load_mapping(chip=None, workload=None, **kwargs) -> Mapping:
 def mapping_table(mapping: Mapping) -> str:
     from .report import format_mapping
     return format_mapping(mapping)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything one run produced; each part is the immutable result of its stage."""
+    mapping: Mapping
+    workload: Workload
+    accuracy: Any          # functional.AccuracyResult | None
+    timing: Any            # timing.TimingResult
+    cost: Any              # accounting.CostResult
+
+    def report(self) -> dict:
+        """The report dict (DESIGN.md section 8 keys)."""
+        from .report import format_mapping
+        chip = self.mapping.chip
+        spec = self.workload.spec
+        cost = self.cost.to_dict()
+        mapping = self.mapping.to_dict()
+        mapping["table"] = format_mapping(self.mapping)
+        return {
+            "chip": {"name": chip.chip.name, "file": chip.file, "hash": chip.content_hash(),
+                     "technology_nm": chip.chip.technology_nm, "clock_mhz": chip.chip.clock_mhz,
+                     "config": chip.to_dict()},
+            "workload": {"name": spec.name, "file": self.workload.file, "network": spec.network,
+                         "weights": spec.weights, "dataset": spec.dataset.name,
+                         "macs_per_inference": self.mapping.network.total_macs()},
+            "mapping": mapping,
+            "accuracy": self.accuracy.to_dict() if self.accuracy is not None else None,
+            "timing": self.timing.to_dict(),
+            "energy": cost["energy"],
+            "area": cost["area"],
+            "summary": cost["summary"],
+        }
+
+
+def accuracy_for(mappings: Sequence[Mapping], workload: Workload, *, times_s, seeds: int,
+                 calib_images: int, test_images: int | None = None, seed: int = 0,
+                 weights: str | Path | None = None, progress: bool = True):
+    """Monte Carlo accuracy vs time for the given mappings (analog ones; digital-only mappings
+    contribute the FP32 reference)."""
+    from . import functional
+    params = workload.load_params(weights)
+    test = workload.dataset("test")
+    if test_images is not None and test_images < len(test):
+        test = test.subset(slice(0, test_images))
+    analog = [m for m in mappings if m.analog_layers]
+    calib = workload.dataset("train") if analog and calib_images > 0 else None
+    return functional.evaluate_accuracy(analog, params, test, calib=calib,
+                                        calib_images=calib_images, times_s=tuple(times_s),
+                                        seeds=seeds, seed=seed, progress=progress)
+
+
+def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, data_dir=None,
+        accuracy: bool = True, accuracy_policies: Sequence[str] | None = None,
+        times_s: Sequence[float] | None = None, seeds: int = 3, calib_images: int = 1000,
+        test_images: int | None = None, inferences: int = 4, seed: int = 0,
+        weights: str | Path | None = None, progress: bool = True) -> RunResult:
+    """One chip x one workload, end to end."""
+    from . import accounting, functional, timing
+    chip_cfg, wl = load(chip, workload, overrides=overrides, policy=policy, data_dir=data_dir)
+    mapping = map_network(chip_cfg, wl.network)
+    acc = None
+    if accuracy:
+        policies = list(accuracy_policies or [chip_cfg.mapping.policy])
+        mappings = [mapping if p == chip_cfg.mapping.policy
+                    else map_network(chip_cfg.with_mapping(p), wl.network) for p in policies]
+        acc = accuracy_for(mappings, wl, times_s=times_s or functional.DEFAULT_TIMES_S,
+                           seeds=seeds, calib_images=calib_images, test_images=test_images,
+                           seed=seed, weights=weights, progress=progress)
+    tim = timing.simulate_timing(mapping, inferences)
+    cost = accounting.account(mapping, tim)
+    return RunResult(mapping, wl, acc, tim, cost)

@@ -1,0 +1,120 @@
+"""Report writers: formatting, atomic writes, CSV/JSON/Markdown content, CLI argument parsing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from archsim import report as rep
+from archsim.cli import _parse_times
+from archsim.errors import ConfigError
+
+
+def fake_report() -> dict:
+    return {
+        "chip": {"name": "chip-a", "file": "a.yaml", "hash": "ab" * 32, "technology_nm": 14.0,
+                 "clock_mhz": 1000.0},
+        "workload": {"name": "wl", "file": "wl.yaml", "network": "net", "weights": "w.npz",
+                     "dataset": "digits", "macs_per_inference": 1000},
+        "mapping": {"policy": "hybrid", "table": "(table)", "totals": {},
+                    "layers": [{"name": "conv1", "kind": "conv2d", "placement": "analog", "k": 9,
+                                "n": 4, "row_blocks": 1, "col_blocks": 1, "arrays": 1,
+                                "utilization": 0.5, "macs": 360}]},
+        "accuracy": {"fp32": 0.9, "times_s": [25.0, 86400.0], "seeds": 2, "images": 10,
+                     "calib_images": 5,
+                     "series": [{"mapping": "hybrid", "compensation": "gdc", "mean": [0.88, 0.85],
+                                 "std": [0.01, 0.02]}]},
+        "timing": {"inferences": 2, "clock_mhz": 1000.0, "latency_cycles": 1234,
+                   "latency_ns": 1234.0, "interval_cycles": 1000,
+                   "throughput_inferences_per_s": 1e6,
+                   "layers": [{"name": "conv1", "kind": "conv2d", "placement": "analog",
+                               "start_cycle": 0, "end_cycle": 1234, "busy_cycles": 1000,
+                               "stall_cycles": 3, "mvms": 10, "actions": {"adc.conversion": 40}}]},
+        "energy": {"per_layer_pj": {"conv1": 5000.0},
+                   "per_component_pj_per_inference": {"adc": 3000.0, "pcm_array": 2000.0},
+                   "sources": {"adc.conversion": "default: Murmann"}},
+        "area": {"per_component_um2": {"adc": 1e6, "pcm_array": 3e6}},
+        "summary": {"latency_ns": 1234.0, "inferences_per_s": 1e6, "energy_per_inference_uj": 0.005,
+                    "power_w": 5.0, "tops": 0.002, "tops_per_w": 0.4, "area_mm2": 4.0,
+                    "peak_tops": 10.0, "peak_tops_per_w": 5.0, "peak_tops_per_mm2": 2.5},
+    }
+
+
+def test_format_time_s_uses_natural_units():
+    assert [rep.format_time_s(t) for t in (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0, 90.5)] \
+        == ["25 s", "1 h", "1 d", "1 mo", "1 y", "90.5 s"]
+
+
+def test_parse_times_units_and_errors():
+    assert _parse_times("25s,1h,1d,1mo,1y") == (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
+    assert _parse_times("100,2.5h") == (100.0, 9000.0)
+    with pytest.raises(ConfigError, match="--times"):
+        _parse_times("1 week")
+    with pytest.raises(ConfigError):
+        _parse_times("0s")
+
+
+def test_accuracy_table_cells_are_mean_pm_std_percent():
+    table = rep.accuracy_table(fake_report()["accuracy"])
+    assert "88.00 ± 1.00" in table and "85.00 ± 2.00" in table
+    assert table.splitlines()[2].split()[:3] == ["fp32", "-", "90.00"]
+
+
+def test_layers_csv_joins_mapping_timing_and_energy():
+    rows = list(csv.DictReader(io.StringIO(rep.layers_csv(fake_report()))))
+    assert len(rows) == 1
+    assert rows[0]["name"] == "conv1" and rows[0]["end_cycle"] == "1234"
+    assert rows[0]["k"] == "9" and float(rows[0]["energy_pj"]) == 5000.0
+
+
+def test_write_report_writes_all_files(tmp_path):
+    written = rep.write_report(fake_report(), tmp_path / "out")
+    names = {p.name for p in written}
+    assert {"report.json", "report.md", "layers.csv"} <= names
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(data) >= {"chip", "workload", "mapping", "accuracy", "timing", "energy", "area",
+                         "summary"}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "# archsim report: wl on chip-a" in md and "| adc" in md
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_write_report_renders_before_writing(tmp_path, monkeypatch):
+    """A failure while rendering leaves no file at all (nothing half-written)."""
+    broken = fake_report()
+    del broken["timing"]["layers"][0]["mvms"]
+    with pytest.raises(KeyError):
+        rep.write_report(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(rep.os, "replace", boom)
+    with pytest.raises(OSError):
+        rep.atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_plots_are_png_when_matplotlib_present():
+    pytest.importorskip("matplotlib")
+    plots = rep.render_plots(fake_report())
+    assert set(plots) == {"accuracy_vs_time.png", "breakdown.png"}
+    assert all(data.startswith(b"\x89PNG") for data in plots.values())
+
+
+def test_compare_table_ratios():
+    a, b = fake_report(), fake_report()
+    b["chip"]["name"] = "chip-b"
+    b["summary"] = {**b["summary"], "energy_per_inference_uj": 0.02}
+    table = rep.compare_table(a, b)
+    line = next(l for l in table.splitlines() if l.startswith("energy per inference"))
+    assert line.split()[-1] == "0.25"

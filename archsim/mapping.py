@@ -198,7 +198,7 @@ def map_network(chip: ChipConfig, network: Network) -> Mapping:
         else:
             rows, cols = [], []
         planned.append((layer, placement[layer.name], k, n, rows, cols))
-    if needed > available and not chip.mapping.time_multiplex:
+    if needed > available and (not chip.mapping.time_multiplex or available == 0):
         raise MappingError(f"{chip.file}: network {network.name} needs {needed} arrays "
                            f"({array.rows}x{array.cols}) but the chip has {available} "
                            f"({tiles.count} tiles x {tiles.arrays_per_tile}); add tiles or set "

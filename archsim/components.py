@@ -9,10 +9,29 @@ published at to the chip's ``technology_nm``:
   the factor 0.14 of DESIGN.md section 9 (Horowitz ISSCC 2014 scaled);
 - area scales as (node / ref_node) ** 2.
 
-Actions (what the timing simulation counts) per component:
-``pcm_array.mvm``, ``dac.drive`` (one row for one MVM), ``adc.conversion``, ``affine.op`` (one
-column output), ``tile_buffer.byte``, ``digital_mac.mac``, ``sram.byte``, ``interconnect.byte_hop``,
-``accumulator.add`` (row-block partial sums, digital).
+Actions (what the timing simulation counts, whole run) per component, and what one count means:
+
+====================  =====================================================================
+``pcm_array.mvm``     one MVM on one array (energy here: every device conducting; the accounting
+                      scales it by the mapped share of the array's devices)
+``dac.drive``         one row driven for one MVM (all its PWM phases / bit-serial steps)
+``adc.conversion``    one column converted once (an MVM converts each column once per PWM phase
+                      or bit-serial step: weight columns x steps)
+``affine.op``         one column output scaled and offset (per-column affine, BatchNorm)
+``tile_buffer.byte``  one byte read or written in a tile buffer
+``digital_mac.mac``   one FP32 multiply-accumulate in a digital unit
+``sram.byte``         one byte read or written in a digital unit's SRAM
+``interconnect.byte_hop``  one byte moved over one mesh hop
+``accumulator.add``   one digital addition (row-block partial sums, residual adds, pooling), in a
+                      tile or next to a digital unit
+====================  =====================================================================
+
+``pcm_array.mvm`` and ``dac.drive`` are counted once per MVM whatever the number of PWM phases
+(bit-serial steps): their energy carries the steps; ``adc.conversion`` is counted per step. The
+analog path is thereby time-proportional, as measured on HERMES (the same ~6.5 W whether an MVM
+takes one phase or four): the array energy is V_read^2 x G x the integration time (all phases),
+the DAC energy is per row per step, the ADC energy per conversion (one column, one step), and
+tile periphery leakage is power x simulated time.
 """
 
 from __future__ import annotations
@@ -22,8 +41,15 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .config import ChipConfig
+from .errors import ConfigError
 
 ENERGY_NODE_EXPONENT = math.log(0.14) / math.log(14 / 45)    # ~1.68
+
+ACTIONS = ("pcm_array.mvm", "dac.drive", "adc.conversion", "affine.op", "tile_buffer.byte",
+           "digital_mac.mac", "sram.byte", "interconnect.byte_hop", "accumulator.add")
+
+# The parts of one tile (a HERMES "core"): what the per-tile area roll-up sums.
+TILE_PARTS = ("pcm_array", "dac", "adc", "affine", "tile_buffer")
 
 
 @dataclass(frozen=True)
@@ -60,10 +86,6 @@ DEFAULTS: dict[str, Default] = {
     "fp32_mult_pj": Default(3.7, 45, "energy", f"FP32 multiply 3.7 pJ, {HOROWITZ}"),
     "fp32_add_pj": Default(0.9, 45, "energy", f"FP32 add 0.9 pJ, {HOROWITZ}"),
     "int32_add_pj": Default(0.1, 45, "energy", f"int32 add 0.1 pJ, {HOROWITZ}"),
-    "sram_pj_per_byte": Default(10.0 / 8, 45, "energy",
-                                f"8 KB SRAM 64-bit read ~10 pJ = 1.25 pJ/byte, {HOROWITZ}"),
-    "adc_8b_pj": Default(0.36, 14, "energy", "Murmann ADC survey fit, 14 nm, <=1 GS/s: "
-                                             "6 b 0.23, 8 b 0.36, 10 b 0.7 pJ"),
     "adc_area_um2": Default(1200.0, 32, "area", "ISAAC (ISCA 2016) 8-bit 1.28 GS/s ADC, "
                                                 "1200 um2 at 32 nm"),
     "adc_leak_mw": Default(0.0, None, "other", "assumed 0 (converter power is per conversion)"),
@@ -84,14 +106,44 @@ DEFAULTS: dict[str, Default] = {
     "unit_leak_mw": Default(1.0, None, "other", "estimate: digital unit leakage 1 mW"),
 }
 
+# Horowitz ISSCC 2014, 45 nm: energy of one 64-bit SRAM (cache) read by capacity.
+SRAM_64B_READ_PJ = {8: 10.0, 32: 20.0, 1024: 100.0}        # KiB -> pJ per 64-bit access
+# Murmann ADC survey fit at 14 nm, <= 1 GS/s: pJ per conversion by resolution.
+ADC_SURVEY_PJ = {6: 0.23, 8: 0.36, 10: 0.7}
 
-def adc_energy_default(bits: int) -> Default:
-    """Murmann-survey points interpolated log-linearly in bits (6 b 0.23, 8 b 0.36, 10 b 0.7 pJ)."""
-    points = {6: 0.23, 8: 0.36, 10: 0.7}
+
+def _loglog(points: Mapping[float, float], x: float) -> float:
+    """Piecewise log-log interpolation through ``points`` (end segments extrapolated)."""
+    xs = sorted(points)
+    lo, hi = (xs[0], xs[1]) if x <= xs[1] else (xs[-2], xs[-1])
+    for a, b in zip(xs, xs[1:]):
+        if a <= x <= b:
+            lo, hi = a, b
+            break
+    slope = math.log(points[hi] / points[lo]) / math.log(hi / lo)
+    return points[lo] * (x / lo) ** slope
+
+
+def sram_energy_default(kib: float) -> Default:
+    """pJ per byte of an SRAM of ``kib`` KiB: Horowitz's 64-bit read energies 8 KB 10 pJ, 32 KB
+    20 pJ, 1 MB 100 pJ (45 nm), interpolated log-log in capacity, / 8 bytes."""
+    per_access = _loglog(SRAM_64B_READ_PJ, kib)
+    return Default(per_access / 8, 45, "energy",
+                   f"{HOROWITZ} 64-bit SRAM read 8 KB 10 / 32 KB 20 / 1 MB 100 pJ, log-log at "
+                   f"{kib:g} KiB = {per_access:.3g} pJ / 8 bytes")
+
+
+def adc_energy_default(bits: int, yaml_path: str = "chip.tiles.adc.energy_pj",
+                       file: str | None = None) -> Default:
+    """Murmann-survey points interpolated log-linearly in bits (6 b 0.23, 8 b 0.36, 10 b 0.7 pJ).
+    The fit covers 6..10 bits only: outside it there is no default and the YAML must give one."""
+    if not 6 <= bits <= 10:
+        raise ConfigError(file, yaml_path, f"no default ADC energy for {bits}-bit converters (the "
+                                           "Murmann-survey fit covers 6..10 bits); set it")
     lo = 6 if bits <= 8 else 8
     hi = lo + 2
     t = (bits - lo) / 2
-    value = math.exp(math.log(points[lo]) * (1 - t) + math.log(points[hi]) * t)
+    value = math.exp(math.log(ADC_SURVEY_PJ[lo]) * (1 - t) + math.log(ADC_SURVEY_PJ[hi]) * t)
     return Default(value, 14, "energy", f"Murmann ADC survey fit at 14 nm, {bits}-bit "
                                         "(interpolated from 6 b 0.23 / 8 b 0.36 / 10 b 0.7 pJ)")
 
@@ -105,6 +157,7 @@ class Component:
     leakage_mw: Figure                                   # each
     energy_pj: Mapping[str, Figure] = field(default_factory=dict)   # per action
     latency_ns: Mapping[str, Figure] = field(default_factory=dict)  # per action
+    per_tile: int = 0                                    # copies in one tile (0: not a tile part)
 
     @property
     def total_area_um2(self) -> float:
@@ -133,71 +186,116 @@ def integration_time_ns(chip: ChipConfig) -> float:
     return t.dac.bits * t.array.read_time_ns
 
 
+def passes(chip: ChipConfig) -> int:
+    """Array read passes per MVM: the PWM phases, or one per input bit when bit-serial."""
+    dac = chip.chip.tiles.dac
+    return dac.phases if dac.encoding == "pwm" else dac.bits
+
+
+def devices_per_array(chip: ChipConfig) -> int:
+    a = chip.chip.tiles.array
+    return a.rows * a.cols * (a.devices_per_weight if a.pair_layout == "unit-cell" else 1)
+
+
+def full_mvm_actions(chip: ChipConfig) -> dict[str, int]:
+    """Action counts of one full-size MVM on one array (every row driven, every weight column
+    converted once per step and scaled, inputs read from and outputs written to the tile buffer at the DAC/ADC
+    width): what :func:`archsim.accounting.peak_efficiency` charges per MVM."""
+    t = chip.chip.tiles
+    cols = t.array.weight_cols
+    return {"pcm_array.mvm": 1, "dac.drive": t.array.rows, "adc.conversion": cols * passes(chip),
+            "affine.op": cols,
+            "tile_buffer.byte": t.array.rows * math.ceil(t.dac.bits / 8)
+            + cols * math.ceil(t.adc.bits / 8)}
+
+
 def chip_components(chip: ChipConfig) -> dict[str, Component]:
-    """Every component of the chip with resolved figures (YAML first, else scaled defaults)."""
+    """Every component of the chip with resolved figures (YAML first, else scaled defaults).
+    Raises ConfigError (naming the YAML path) for a figure that has no default."""
     c = chip.chip
     t = c.tiles
     node = c.technology_nm
     n_tiles = t.count
     n_arrays = t.count * t.arrays_per_tile
     p = "chip.tiles"
+    k = passes(chip)
+    per_pass = f" x {k} {'phases' if t.dac.encoding == 'pwm' else 'bit-serial steps'}"
     fp32_mac = Figure(DEFAULTS["fp32_mult_pj"].at(node).value + DEFAULTS["fp32_add_pj"].at(node).value,
                       "default: FP32 mult 3.7 + add 0.9 pJ, " + HOROWITZ +
                       f", scaled 45->{node:g} nm x{(node / 45) ** ENERGY_NODE_EXPONENT:.3g}")
-    sram_byte = DEFAULTS["sram_pj_per_byte"].at(node)
     t_int = integration_time_ns(chip)
 
-    # PCM array: devices x V^2 x G_mean x mean pulse time (half of the PWM window on average)
-    devices = t.array.rows * t.array.cols * (t.array.devices_per_weight
-                                             if t.array.pair_layout == "unit-cell" else 1)
-    g_mean_s = c.device.g_max_us * 1e-6 / 4
-    per_device_fj = c.device.read_voltage_v ** 2 * g_mean_s * (t_int / 2) * 1e-9 * 1e15
-    device_read = _pick(chip, f"{p}.array.energy_fj_per_device_read", t.array.energy_fj_per_device_read,
-                        Figure(per_device_fj, "derived: V_read^2 x g_max/4 x half the integration "
-                                              "window per device"))
+    # PCM array: devices x V^2 x mean G (g_max/4) x mean pulse (half the PWM window): the array
+    # conducts for the integration time, so its energy is proportional to it (phases included).
+    devices = devices_per_array(chip)
+    if t.array.energy_fj_per_device_read is None:
+        g_mean_s = c.device.g_max_us * 1e-6 / 4
+        per_device_fj = c.device.read_voltage_v ** 2 * g_mean_s * (t_int / 2) * 1e-9 * 1e15
+        device_read = Figure(per_device_fj,
+                             f"derived: V_read^2 ({c.device.read_voltage_v:g} V) x g_max/4 "
+                             f"({c.device.g_max_us:g}/4 uS) x half the {t_int:g} ns integration "
+                             "window, per device")
+    else:
+        given = _pick(chip, f"{p}.array.energy_fj_per_device_read",
+                      t.array.energy_fj_per_device_read, Figure(0.0, ""))
+        device_read = Figure(given.value * k, f"{given.source}{per_pass}")
     array_area = _pick(chip, f"{p}.array.area_um2", t.array.area_um2,
                        DEFAULTS["pcm_cell_area_um2"].at(node, devices, f" x {devices} devices"))
+
+    dac_row = _pick(chip, f"{p}.dac.energy_pj_per_row", t.dac.energy_pj_per_row,
+                    DEFAULTS["dac_pj_per_row"].at(node))
+    if t.adc.energy_pj is not None:
+        adc_conv = _given(chip, f"{p}.adc.energy_pj", t.adc.energy_pj)
+    elif n_tiles == 0:
+        adc_conv = Figure(0.0, "no analog tiles (chip.tiles.count: 0)")
+    else:
+        adc_conv = adc_energy_default(t.adc.bits, f"{p}.adc.energy_pj", chip.file).at(node)
+    buffer_byte = _pick(chip, f"{p}.buffer.energy_pj_per_byte", t.buffer.energy_pj_per_byte,
+                        sram_energy_default(t.buffer.kib).at(node))
     comps = {
         "pcm_array": Component(
             "pcm_array", n_arrays, array_area, Figure(0.0, "PCM devices do not leak"),
             {"mvm": Figure(device_read.value * devices / 1000,
                            f"{devices} devices x {device_read.value:.4g} fJ ({device_read.source})")},
-            {"mvm": Figure(t_int, "derived: integration time (chip.tiles.dac)")}),
+            {"mvm": Figure(t_int, "derived: integration time (chip.tiles.dac)")},
+            per_tile=t.arrays_per_tile),
         "dac": Component(
             "dac", n_tiles * t.array.rows,
             _pick(chip, f"{p}.dac.area_um2_per_row", t.dac.area_um2_per_row,
                   DEFAULTS["dac_area_um2_per_row"].at(node)),
             Figure(0.0, "included in tile leakage"),
-            {"drive": _pick(chip, f"{p}.dac.energy_pj_per_row", t.dac.energy_pj_per_row,
-                            DEFAULTS["dac_pj_per_row"].at(node))},
-            {"drive": Figure(t_int, "derived: integration time")}),
+            {"drive": Figure(dac_row.value * k, f"{dac_row.source}{per_pass}")},
+            {"drive": Figure(t_int, "derived: integration time")},
+            per_tile=t.array.rows),
         "adc": Component(
             "adc", n_tiles * t.adc.per_tile,
             _pick(chip, f"{p}.adc.area_um2", t.adc.area_um2, DEFAULTS["adc_area_um2"].at(node)),
             DEFAULTS["adc_leak_mw"].at(node),
-            {"conversion": _pick(chip, f"{p}.adc.energy_pj", t.adc.energy_pj,
-                                 adc_energy_default(t.adc.bits).at(node))},
-            {"conversion": _given(chip, f"{p}.adc.conversion_ns", t.adc.conversion_ns)}),
+            {"conversion": adc_conv},
+            {"conversion": _given(chip, f"{p}.adc.conversion_ns", t.adc.conversion_ns)},
+            per_tile=t.adc.per_tile),
         "affine": Component(
             "affine", n_tiles,
             _pick(chip, f"{p}.affine.area_um2", t.affine.area_um2,
                   DEFAULTS["mac_area_um2"].at(node, t.affine.lanes, f" x {t.affine.lanes} lanes")),
             Figure(0.0, "included in tile leakage"),
             {"op": _pick(chip, f"{p}.affine.energy_pj_per_op", t.affine.energy_pj_per_op, fp32_mac)},
-            {"op": Figure(c.clock_ns, "one clock per lane operation")}),
+            {"op": Figure(c.clock_ns, "one clock per lane operation")},
+            per_tile=1),
         "tile_buffer": Component(
             "tile_buffer", n_tiles,
             _pick(chip, f"{p}.buffer.area_um2", t.buffer.area_um2,
                   DEFAULTS["sram_area_um2_per_kib"].at(node, t.buffer.kib, f" x {t.buffer.kib:g} KiB")),
             DEFAULTS["sram_leak_mw_per_kib"].at(node, t.buffer.kib, f" x {t.buffer.kib:g} KiB"),
-            {"byte": _pick(chip, f"{p}.buffer.energy_pj_per_byte", t.buffer.energy_pj_per_byte,
-                           sram_byte)},
-            {"byte": Figure(c.clock_ns / t.buffer.bytes_per_cycle, "1 / chip.tiles.buffer.bytes_per_cycle")}),
+            {"byte": buffer_byte},
+            {"byte": Figure(c.clock_ns / t.buffer.bytes_per_cycle, "1 / chip.tiles.buffer.bytes_per_cycle")},
+            per_tile=1),
         "tile_periphery": Component(
             "tile_periphery", n_tiles, Figure(0.0, "counted in its parts"),
-            _pick(chip, f"{p}.leakage_mw", t.leakage_mw, DEFAULTS["tile_leak_mw"].at(node)), {}, {}),
+            _pick(chip, f"{p}.leakage_mw", t.leakage_mw, DEFAULTS["tile_leak_mw"].at(node)), {}, {},
+            per_tile=1),
         "accumulator": Component(
-            "accumulator", n_tiles, Figure(0.0, "part of the affine unit"),
+            "accumulator", n_tiles + c.digital.units, Figure(0.0, "part of the affine unit"),
             Figure(0.0, "included in tile leakage"),
             {"add": Figure(DEFAULTS["fp32_add_pj"].at(node).value,
                            DEFAULTS["fp32_add_pj"].at(node).source)},
@@ -221,10 +319,14 @@ def chip_components(chip: ChipConfig) -> dict[str, Component]:
         Figure(sram_per_kib.value * d.sram.kib, f"{d.sram.kib:g} KiB x {sram_per_kib.source}"),
         DEFAULTS["sram_leak_mw_per_kib"].at(node, d.sram.kib, f" x {d.sram.kib:g} KiB"),
         {"byte": _pick(chip, "chip.digital.sram.energy_pj_per_byte", d.sram.energy_pj_per_byte,
-                       sram_byte)},
+                       sram_energy_default(d.sram.kib).at(node))},
         {"byte": Figure(c.clock_ns / d.sram.bytes_per_cycle, "1 / chip.digital.sram.bytes_per_cycle")})
     ic = c.interconnect
     wire = DEFAULTS["wire_pj_per_bit_mm"]
+    if ic.energy_pj_per_byte_hop is None and ic.hop_length_mm == 0:
+        raise ConfigError(chip.file, "chip.interconnect.energy_pj_per_byte_hop",
+                          "no default with chip.interconnect.hop_length_mm: 0 (the default is "
+                          "derived from the wire length per hop); set it")
     comps["interconnect"] = Component(
         "interconnect", n_tiles + d.units,
         _pick(chip, "chip.interconnect.area_um2_per_router", ic.area_um2_per_router,
@@ -235,3 +337,13 @@ def chip_components(chip: ChipConfig) -> dict[str, Component]:
                                   f"derived: {wire.source} x 8 bit x {ic.hop_length_mm:g} mm/hop"))},
         {"byte_hop": Figure(c.clock_ns * ic.hop_latency_cycles, "chip.interconnect.hop_latency_cycles")})
     return comps
+
+
+def action_energy_pj(comps: Mapping[str, Component], action: str) -> Figure:
+    """The energy of one ``component.action``; an unknown name raises ValueError (a bug in the
+    counting side, not a user error)."""
+    comp, _, act = action.partition(".")
+    if comp not in comps or act not in comps[comp].energy_pj:
+        known = ", ".join(f"{n}.{a}" for n, c in comps.items() for a in c.energy_pj)
+        raise ValueError(f"unknown action {action!r} (known: {known})")
+    return comps[comp].energy_pj[act]

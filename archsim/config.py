@@ -13,6 +13,7 @@ from field metadata), so a field is declared exactly once. Every error names the
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import hashlib
@@ -57,7 +58,9 @@ class ArrayConfig:
                                 "array holds cols/devices_per_weight weight columns; unit-cell: "
                                 "one column per weight (the cell holds all its devices)")
     read_time_ns: float = spec(10.0, lo=0, lo_open=True, doc="one array read (bit-serial input step)")
-    energy_fj_per_device_read: float | None = spec(None, lo=0, doc="energy per device per read")
+    energy_fj_per_device_read: float | None = spec(
+        None, lo=0, doc="energy per device per read pass (per PWM phase / bit-serial step); "
+                        "default: V_read^2 x g_max/4 x half the integration window")
     area_um2: float | None = spec(None, lo=0, doc="area of one array (devices + access)")
 
     @property
@@ -77,7 +80,8 @@ class DacConfig:
     encoding: str = spec("pwm", choices=("pwm", "bit-serial"))
     t_lsb_ns: float = spec(1.0, lo=0, lo_open=True, doc="PWM time per input LSB")
     phases: int = spec(1, lo=1, hi=16, doc="PWM phases per MVM (e.g. 4 on HERMES for accuracy)")
-    energy_pj_per_row: float | None = spec(None, lo=0, doc="one row driven for one MVM")
+    energy_pj_per_row: float | None = spec(None, lo=0, doc="one row driven for one MVM phase "
+                                            "(x phases, or x bits when bit-serial)")
     area_um2_per_row: float | None = spec(None, lo=0)
 
 
@@ -86,7 +90,8 @@ class AdcConfig:
     bits: int = spec(8, lo=1, hi=16)
     per_tile: int = spec(512, lo=1, doc="ADCs per tile, shared among the active columns")
     conversion_ns: float = spec(1.0, lo=0, lo_open=True)
-    energy_pj: float | None = spec(None, lo=0, doc="one conversion")
+    energy_pj: float | None = spec(None, lo=0, doc="one conversion (one column, one PWM phase "
+                                    "or bit-serial step)")
     area_um2: float | None = spec(None, lo=0, doc="one ADC")
     output_bound: float = spec(12.0, lo=0, lo_open=True,
                                doc="clip bound in normalized units (inputs and weights in [-1, 1])")
@@ -194,7 +199,8 @@ class Chip:
 @dataclass(frozen=True)
 class MappingConfig:
     policy: str = spec("hybrid", choices=("hybrid", "all-digital", "all-analog"))
-    overrides: Mapping[str, str] = spec(factory=dict, choices=("analog", "digital"),
+    overrides: Mapping[str, str] = spec(factory=lambda: types.MappingProxyType({}),
+                                        choices=("analog", "digital"),
                                         doc="layer name -> analog | digital (wins over the policy)")
     time_multiplex: bool = spec(False, doc="reprogram arrays when the network does not fit")
 
@@ -215,7 +221,7 @@ class ChipConfig:
             _check_choice(MappingConfig, "policy", policy, self.file, "mapping.policy")
             mapping = dataclasses.replace(mapping, policy=policy)
         if overrides is not None:
-            mapping = dataclasses.replace(mapping, overrides=dict(overrides))
+            mapping = dataclasses.replace(mapping, overrides=types.MappingProxyType(dict(overrides)))
         return dataclasses.replace(self, mapping=mapping)
 
     def to_dict(self) -> dict:
@@ -268,7 +274,14 @@ def load_chip(name_or_path: str | Path | None = None, overrides: Mapping[str, An
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value, str(path))
         sources[dotted] = f"override {dotted}={value!r}"
-    top = _build(ChipConfig, data, str(path), "", sources, skip=("sources", "file"))
+    try:
+        top = _build(ChipConfig, data, str(path), "", sources, skip=("sources", "file"))
+    except ConfigError as exc:
+        # a bad value inherited through extends: name the file its line number refers to
+        where = sources.get(exc.yaml_path, "").split(" ", 1)[0].rpartition(":")[0]
+        if where and where != exc.file:
+            raise ConfigError(where, exc.yaml_path, exc.message, exc.line) from None
+        raise
     return dataclasses.replace(top, sources=types.MappingProxyType(dict(sources)), file=str(path))
 
 
@@ -349,6 +362,8 @@ def _collect_sources(node, prefix: str, lines: list[str], file: str, out: dict[s
 
 def _deep_merge(base: dict, over: dict) -> None:
     for key, value in over.items():
+        if value is None and isinstance(base.get(key), dict):
+            continue    # an empty section (children commented out) keeps the parent's
         if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "overrides":
             _deep_merge(base[key], value)
         else:
@@ -359,7 +374,9 @@ def _set_dotted(data: dict, dotted: str, value: Any, file: str) -> None:
     keys = dotted.split(".")
     node = data
     for key in keys[:-1]:
-        child = node.setdefault(key, {})
+        if node.get(key) is None:      # absent, or an empty section (``chip:``)
+            node[key] = {}
+        child = node[key]
         if not isinstance(child, dict):
             raise ConfigError(file, dotted, f"cannot set inside {key!r}, which is not a mapping")
         node = child
@@ -420,7 +437,7 @@ def _convert(tp, f, value: Any, file: str, path: str, sources: dict[str, str]) -
             return None
         tp = next(a for a in args if a is not type(None))
         return _convert(tp, f, value, file, path, sources)
-    if origin in (Mapping, dict) or tp is Mapping:
+    if origin in (Mapping, dict, collections.abc.Mapping) or tp is Mapping:
         if not isinstance(value, dict):
             raise ConfigError(file, path, f"expected a mapping, got {_describe(value)}", line)
         choices = f.metadata.get("choices")

@@ -1,0 +1,103 @@
+"""End to end through the CLI: run, compare, errors (one line, exit 2, nothing half-written)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from archsim.cli import main
+
+REPORT_KEYS = {"chip", "workload", "mapping", "accuracy", "timing", "energy", "area", "summary"}
+SUMMARY_KEYS = {"peak_tops", "peak_tops_per_w", "peak_tops_per_mm2", "tops", "tops_per_w",
+                "latency_ns", "inferences_per_s", "energy_per_inference_uj", "power_w", "area_mm2"}
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    code = main(["run", "--quiet", "--seeds", "2", "--times", "25s,1d,1y", "--out", str(out)])
+    assert code == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_run_writes_the_report_files(default_run):
+    out, report = default_run
+    assert {"report.json", "report.md", "layers.csv"} <= {p.name for p in out.iterdir()}
+    assert set(report) == REPORT_KEYS
+    assert set(report["summary"]) >= SUMMARY_KEYS
+
+
+def test_run_report_accuracy_layout(default_run):
+    _, report = default_run
+    acc = report["accuracy"]
+    assert acc["times_s"] == [25.0, 86400.0, 31536000.0]
+    assert acc["seeds"] == 2
+    assert 0.9 < acc["fp32"] <= 1.0
+    assert {(s["mapping"], s["compensation"]) for s in acc["series"]} == {
+        ("hybrid", "none"), ("hybrid", "gdc"), ("hybrid", "gdc+adabs")}
+    for s in acc["series"]:
+        assert len(s["mean"]) == len(s["std"]) == 3
+    by = {s["compensation"]: s["mean"] for s in acc["series"]}
+    # drift without compensation loses accuracy over a year; GDC keeps most of it
+    assert by["none"][2] < by["gdc"][2] - 0.2
+    assert by["gdc"][2] > acc["fp32"] - 0.05
+
+
+def test_run_report_timing_and_energy_are_consistent(default_run):
+    _, report = default_run
+    timing, summary = report["timing"], report["summary"]
+    assert summary["latency_ns"] == pytest.approx(timing["latency_ns"])
+    assert summary["inferences_per_s"] == pytest.approx(timing["throughput_inferences_per_s"])
+    assert summary["power_w"] == pytest.approx(
+        summary["energy_per_inference_uj"] * 1e-6 * summary["inferences_per_s"], rel=0.05)
+    layer_names = [l["name"] for l in timing["layers"]]
+    assert layer_names[0] == "conv1" and layer_names[-1] == "linear"
+
+
+def test_run_is_reproducible_bit_for_bit(default_run, tmp_path):
+    _, first = default_run
+    assert main(["run", "--quiet", "--seeds", "2", "--times", "25s,1d,1y", "--out",
+                 str(tmp_path)]) == 0
+    second = json.loads((tmp_path / "report.json").read_text())
+    assert second["accuracy"] == first["accuracy"]
+    assert second["timing"] == first["timing"]
+
+
+def test_compare_prints_ratios(tmp_path, capsys):
+    assert main(["compare", "pcm_hybrid", "digital_fp32", "--no-accuracy", "--out",
+                 str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "A / B" in out and "energy per inference" in out
+    assert (tmp_path / "compare.md").exists() and (tmp_path / "compare.json").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "no_such_chip.yaml"], "no_such_chip.yaml"),
+    (["run", "pcm_hybrid", "no_such_workload.yaml"], "no_such_workload.yaml"),
+    (["run", "--set", "chip.tiles.adc.bits=99", "--no-accuracy"], "chip.tiles.adc.bits"),
+    (["run", "--set", "chip.tiles.count=1", "--no-accuracy"], "needs 2 arrays"),
+    (["run", "--times", "soon"], "--times"),
+])
+def test_run_errors_are_one_line_exit_2(args, needle, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(args + ["--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_weights_file_is_one_line_through_the_real_command(tmp_path):
+    workload = tmp_path / "wl.yaml"
+    workload.write_text("workload:\n  name: w\n  network: digits_cnn\n  weights: nowhere.npz\n")
+    proc = subprocess.run([sys.executable, "-m", "archsim", "run", "pcm_hybrid", str(workload),
+                           "--quiet", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env={"ARCHSIM_DATA": str(tmp_path),
+                                                               "PATH": "/usr/bin:/bin",
+                                                               "HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "nowhere.npz" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -249,20 +249,26 @@ def _plain(obj: Any) -> Any:
 # Loading
 # --------------------------------------------------------------------------------------------
 
-def resolve_config_path(name_or_path: str | Path | None) -> Path:
-    """A path, or the name of a shipped config (``pcm_hybrid``, ``hermes.yaml``)."""
-    if name_or_path is None:
-        name_or_path = DEFAULT_CHIP
+def resolve_shipped(name_or_path: str | Path, package: str, folder: str, shipped: tuple[str, ...],
+                    what: str) -> Path:
+    """A path that exists, or the name of a file shipped in ``package`` (``pcm_hybrid``,
+    ``hermes.yaml``, ``configs/hermes.yaml`` from any working directory)."""
     path = Path(name_or_path)
     if path.exists():
         return path
     stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
-    if str(path.parent) in ("", ".", "configs"):
-        shipped = resources.files("archsim.configs").joinpath(stem + ".yaml")
-        if shipped.is_file():
-            return Path(str(shipped))
-    raise ConfigError(str(name_or_path), "", "no such file (shipped configs: "
-                      + ", ".join(SHIPPED_CONFIGS) + ")")
+    if str(path.parent) in ("", ".", folder):
+        candidate = resources.files(package).joinpath(stem + ".yaml")
+        if candidate.is_file():
+            return Path(str(candidate))
+    raise ConfigError(str(name_or_path), "",
+                      f"no such {what} (shipped {folder}: {', '.join(shipped)})")
+
+
+def resolve_config_path(name_or_path: str | Path | None) -> Path:
+    """A path, or the name of a shipped config."""
+    return resolve_shipped(DEFAULT_CHIP if name_or_path is None else name_or_path,
+                           "archsim.configs", "configs", SHIPPED_CONFIGS, "file")
 
 
 def load_chip(name_or_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None

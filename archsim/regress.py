@@ -213,7 +213,7 @@ def compare(golden: dict, now: dict, golden_file: str, tolerance: float = 0.0) -
 
 def write_golden(path: str | Path, record: dict) -> None:
     """Atomic write: a temporary file beside the target, then a rename."""
-    from .report import atomic_write_text
+    from .atomic import atomic_write_text
     atomic_write_text(Path(path), json.dumps(record, indent=1, sort_keys=False) + "\n")
 
 

@@ -8,15 +8,16 @@ Data files are looked up, in order, as given (absolute or relative to the workin
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from . import config as cfg
+from .atomic import atomic_write_bytes
 from .datasets import Dataset, load_cifar10, load_digits_split
 from .errors import ConfigError, DataError, WorkloadError
 from .network import BUILTIN_NETWORKS, Network
@@ -113,32 +114,16 @@ def load_weights(network: Network, path: Path) -> dict[str, np.ndarray]:
 
 
 def save_weights(params: dict[str, np.ndarray], path: str | Path) -> None:
-    """Write weights atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v, np.float32) for k, v in params.items()})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write weights (.npz of float32 arrays) atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in params.items()})
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def resolve_workload_path(name_or_path: str | Path | None) -> Path:
-    if name_or_path is None:
-        name_or_path = DEFAULT_WORKLOAD
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
-    if str(path.parent) in ("", ".", "workloads"):
-        shipped = resources.files("archsim.workload_files").joinpath(stem + ".yaml")
-        if shipped.is_file():
-            return Path(str(shipped))
-    raise ConfigError(str(name_or_path), "", "no such workload file (shipped workloads: "
-                      + ", ".join(SHIPPED_WORKLOADS) + ")")
+    return cfg.resolve_shipped(DEFAULT_WORKLOAD if name_or_path is None else name_or_path,
+                               "archsim.workload_files", "workloads", SHIPPED_WORKLOADS,
+                               "workload file")
 
 
 def load_workload(name_or_path: str | Path | None = None, data_dir: str | Path | None = None

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from archsim import atomic
 from archsim import report as rep
 from archsim.cli import _parse_times
 from archsim.errors import ConfigError
@@ -97,9 +98,9 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
 
     def boom(src, dst):
         raise OSError("disk full")
-    monkeypatch.setattr(rep.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError):
-        rep.atomic_write_text(target, "new")
+        atomic.atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 

@@ -67,7 +67,7 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_positive_int, default=3, help="programmed chips (default 3)")
     p.add_argument("--calib-images", type=int, default=1000,
                    help="AdaBS calibration images from the training split (default 1000)")
-    p.add_argument("--test-images", type=_positive_int, help="use only the first N test images")
+    p.add_argument("--test-images", type=_positive_int, help="use N test images, evenly spaced over the test set")
     p.add_argument("--inferences", type=_positive_int, default=4,
                    help="inferences in flight in the timing simulation (default 4)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the functional simulation")

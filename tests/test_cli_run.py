@@ -101,3 +101,20 @@ def test_missing_weights_file_is_one_line_through_the_real_command(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "nowhere.npz" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_test_images_are_evenly_spaced_not_the_first_n(monkeypatch):
+    """Test files may be class-sorted (the shared CIFAR-10 file is): a subset must span them."""
+    from archsim import functional, simulate
+    seen = {}
+
+    def fake_evaluate(mappings, params, test, **kwargs):
+        seen["labels"] = test.labels
+        return None
+    monkeypatch.setattr(functional, "evaluate_accuracy", fake_evaluate)
+    wl = simulate.load_workload("digits_cnn")
+    full = wl.dataset("test")
+    mapping = simulate.load_mapping("pcm_hybrid", wl)
+    simulate.accuracy_for([mapping], wl, times_s=(25.0,), seeds=1, calib_images=0, test_images=90)
+    assert len(seen["labels"]) == 90
+    assert list(seen["labels"][:3]) == [full.labels[0], full.labels[4], full.labels[8]]

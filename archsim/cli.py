@@ -116,9 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
     p.add_argument("--max-images", type=_positive_int, help="train on the first N images only")
-    p.add_argument("--init", metavar="FILE", help="fine-tune from these weights (.npz)")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="ignore the workload's weights file and start from random weights")
+    p.add_argument("--init", metavar="FILE",
+                   help="fine-tune from these weights (.npz); without it, train from scratch")
     p.add_argument("--out", metavar="FILE", required=True, help="weights file to write (.npz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", metavar="DIR")
@@ -208,17 +207,11 @@ def _dispatch(args) -> int:
 
 def _train(args) -> int:
     from . import training
-    from .network import init_params
     from .workloads import load_workload, save_weights
-    import numpy as np
 
     wl = load_workload(args.workload, args.data)
-    if args.init:
-        params = wl.load_params(args.init)
-    elif args.from_scratch or wl.spec.weights is None:
-        params = init_params(wl.network, np.random.default_rng(args.seed))
-    else:
-        params = wl.load_params()
+    # without --init: from scratch, He-normal weights drawn from the training seed
+    params = wl.load_params(wl.find(args.init)) if args.init else None
     config = training.TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                   schedule=args.schedule, noise_eta=args.noise,
                                   clip_alpha=args.clip or None, seed=args.seed,

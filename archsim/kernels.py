@@ -50,3 +50,165 @@ def im2col_into(x: np.ndarray, kernel: int, stride: int, padding: int, ho: int, 
         raise ValueError(f"im2col_into: out must be C-contiguous {(n * ho * wo, c * kernel * kernel)}, "
                          f"got {out.shape}")
     return _im2col_kernel(np.ascontiguousarray(x), kernel, stride, padding, ho, wo, out)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _col2im_kernel(cols, kernel, stride, pad, ho, wo, out):
+    n, h, w, c = out.shape
+    kk = kernel * kernel
+    for b in prange(n):
+        out[b] = 0.0
+        for oy in range(ho):
+            for ox in range(wo):
+                row = (b * ho + oy) * wo + ox
+                for i in range(kernel):
+                    y = oy * stride + i - pad
+                    if y < 0 or y >= h:
+                        continue
+                    for j in range(kernel):
+                        xx = ox * stride + j - pad
+                        if xx < 0 or xx >= w:
+                            continue
+                        col = i * kernel + j
+                        for ch in range(c):
+                            out[b, y, xx, ch] += cols[row, ch * kk + col]
+    return out
+
+
+def col2im_into(cols: np.ndarray, kernel: int, stride: int, padding: int, out: np.ndarray
+                ) -> np.ndarray:
+    """The adjoint of :func:`im2col_into`: scatter-add patch gradients (N*ho*wo, C*kernel*kernel),
+    (c, i, j) order, back into an NHWC ``out`` (N, H, W, C), which it overwrites. float32 or
+    float64 (both arrays of one dtype); the backward pass of a convolution's input."""
+    n, h, w, c = out.shape
+    ho = (h + 2 * padding - kernel) // stride + 1
+    wo = (w + 2 * padding - kernel) // stride + 1
+    if cols.dtype != out.dtype or cols.dtype not in (np.float32, np.float64):
+        raise TypeError(f"col2im_into: float32 or float64 arrays of one dtype expected, got "
+                        f"{cols.dtype} and {out.dtype}")
+    if cols.shape != (n * ho * wo, c * kernel * kernel) or not out.flags.c_contiguous:
+        raise ValueError(f"col2im_into: cols must be {(n * ho * wo, c * kernel * kernel)} and out "
+                         f"C-contiguous, got {cols.shape}")
+    return _col2im_kernel(np.ascontiguousarray(cols), kernel, stride, padding, ho, wo, out)
+
+
+# ------------------------------------------------------------------------------------------
+# Analog periphery: DAC input quantization and ADC output conversion (DESIGN.md section 4)
+# ------------------------------------------------------------------------------------------
+
+def levels_of(bits: int | None) -> int:
+    """Signed levels per side of a converter, 2^(bits-1) - 1; 0 means unlimited precision."""
+    return 0 if bits is None else (1 << (int(bits) - 1)) - 1
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dac_kernel(x, bounds, levels, xq, absmax):
+    rows = x.shape[0]
+    nb = bounds.shape[0]
+    lv = np.float32(levels)
+    for p in prange(rows):
+        for b in range(nb):
+            r0 = bounds[b, 0]
+            r1 = bounds[b, 1]
+            m = np.float32(0.0)
+            for k in range(r0, r1):
+                m = max(m, abs(x[p, k]))
+            absmax[p, b] = m
+            if m == 0.0:
+                for k in range(r0, r1):
+                    xq[p, k] = 0.0
+            elif levels > 0:
+                s = lv / m
+                for k in range(r0, r1):
+                    xq[p, k] = np.rint(x[p, k] * s)
+            else:
+                for k in range(r0, r1):
+                    xq[p, k] = x[p, k] / m
+    return xq
+
+
+def dac_quantize_into(x: np.ndarray, bounds: np.ndarray, bits: int | None, xq: np.ndarray,
+                      absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-managed DAC: each row of ``x`` (P, K), restricted to each row block [r0, r1) of
+    ``bounds`` (B, 2), is divided by its abs-max m and rounded to the signed levels
+    L = 2^(bits-1) - 1 per side. Writes the DAC codes rint(x * (L / m)) (integers in [-L, L], all
+    float32 arithmetic) into ``xq`` (P, K) - with ``bits=None`` the unrounded x / m in [-1, 1] - and
+    the abs-maxes m into ``absmax`` (P, B). ``xq`` may be ``x`` itself (in place). The normalized
+    input is ``xq / L`` (see :func:`dac_code_scale`)."""
+    if x.dtype != np.float32 or xq.dtype != np.float32 or absmax.dtype != np.float32:
+        raise TypeError("dac_quantize_into: float32 arrays expected")
+    if x.ndim != 2 or xq.shape != x.shape or absmax.shape != (x.shape[0], len(bounds)):
+        raise ValueError(f"dac_quantize_into: shapes x {x.shape}, xq {xq.shape}, absmax "
+                         f"{absmax.shape} do not fit {len(bounds)} row blocks")
+    if not xq.flags.c_contiguous or not absmax.flags.c_contiguous:
+        raise ValueError("dac_quantize_into: outputs must be C-contiguous")
+    bounds = np.ascontiguousarray(bounds, np.int64)
+    if bounds.size and (bounds.min() < 0 or bounds.max() > x.shape[1]):
+        raise ValueError("dac_quantize_into: row bounds outside the input")
+    _dac_kernel(x, bounds, levels_of(bits), xq, absmax)
+    return xq, absmax
+
+
+def dac_code_scale(bits: int | None) -> float:
+    """Factor from DAC codes to normalized inputs in [-1, 1]: 1 / (2^(bits-1) - 1)."""
+    return 1.0 if bits is None else 1.0 / levels_of(bits)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _adc_kernel(y, in_scale, absmax, colscale, offset, bound, levels, noise, noise_sigma, out):
+    nb, rows, cols = y.shape
+    step = bound / levels if levels > 0 else 0.0
+    for p in prange(rows):
+        for n in range(cols):
+            acc = 0.0
+            for b in range(nb):
+                v = np.float64(y[b, p, n]) * in_scale
+                if noise_sigma > 0.0:
+                    v = v + noise_sigma * np.float64(noise[b, p, n])
+                if v > bound:
+                    v = bound
+                elif v < -bound:
+                    v = -bound
+                if levels > 0:
+                    v = np.rint(v / step) * step
+                acc = acc + v * np.float64(absmax[p, b]) * np.float64(colscale[b, n])
+            out[p, n] = acc + offset[n]
+    return out
+
+
+_NO_NOISE = np.zeros((1, 1, 1), np.float32)
+
+
+def adc_accumulate_into(y: np.ndarray, absmax: np.ndarray, colscale: np.ndarray, bound: float | None,
+                        bits: int | None, out: np.ndarray, noise: np.ndarray | None = None,
+                        noise_sigma: float = 0.0, in_scale: float = 1.0,
+                        offset: np.ndarray | None = None) -> np.ndarray:
+    """ADC and digital accumulation of row-block partial sums.
+
+    ``y`` (B, P, N): analog outputs of each row block; times ``in_scale`` (e.g. the DAC code scale)
+    they are in normalized units (inputs and weights in [-1, 1]); optional ``noise_sigma * noise`` (same shape) is added, then each value is clipped to
+    +-``bound`` (None: no clip) and rounded to the signed levels 2^(bits-1) - 1 per side of the
+    bound (``bits=None``: no rounding), then scaled back by the input abs-max ``absmax`` (P, B) and
+    the per-column factor ``colscale`` (B, N), and summed over the row blocks (in float64) plus the
+    optional per-column ``offset`` (N,) into ``out`` (P, N). ``colscale`` and ``offset`` together
+    are the digital per-column affine periphery (GDC factor, BatchNorm scale and shift)."""
+    nb, rows, cols = y.shape
+    if y.dtype != np.float32 or out.dtype != np.float32:
+        raise TypeError("adc_accumulate_into: float32 arrays expected")
+    if absmax.shape != (rows, nb) or colscale.shape != (nb, cols) or out.shape != (rows, cols):
+        raise ValueError(f"adc_accumulate_into: shapes y {y.shape}, absmax {absmax.shape}, colscale "
+                         f"{colscale.shape}, out {out.shape} do not fit")
+    if bits is not None and bound is None:
+        raise ValueError("adc_accumulate_into: a quantizing ADC needs an output bound")
+    if noise_sigma > 0.0:
+        if noise is None or noise.shape != y.shape or noise.dtype != np.float32:
+            raise ValueError("adc_accumulate_into: noise must be float32 shaped like y")
+    else:
+        noise = _NO_NOISE
+    offset = np.zeros(cols) if offset is None else np.ascontiguousarray(offset, np.float64)
+    if offset.shape != (cols,):
+        raise ValueError(f"adc_accumulate_into: offset must have shape ({cols},)")
+    return _adc_kernel(y, float(in_scale), np.ascontiguousarray(absmax, np.float32),
+                       np.ascontiguousarray(colscale, np.float32), offset,
+                       np.inf if bound is None else float(bound), levels_of(bits), noise,
+                       float(noise_sigma), out)

@@ -118,3 +118,24 @@ def test_test_images_are_evenly_spaced_not_the_first_n(monkeypatch):
     simulate.accuracy_for([mapping], wl, times_s=(25.0,), seeds=1, calib_images=0, test_images=90)
     assert len(seen["labels"]) == 90
     assert list(seen["labels"][:3]) == [full.labels[0], full.labels[4], full.labels[8]]
+
+
+def test_train_writes_loadable_weights(tmp_path, capsys):
+    out = tmp_path / "w.npz"
+    assert main(["train", "digits_cnn", "--epochs", "1", "--max-images", "256", "--quiet",
+                 "--out", str(out)]) == 0
+    assert "FP32 test accuracy" in capsys.readouterr().out
+    from archsim.workloads import load_workload
+    params = load_workload("digits_cnn").load_params(out)
+    assert params["conv1.weight"].shape == (16, 1, 3, 3)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_train_with_a_bad_init_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    code = main(["train", "digits_cnn", "--init", str(bad), "--quiet", "--out",
+                 str(tmp_path / "w.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "bad.npz" in err
+    assert not (tmp_path / "w.npz").exists()

@@ -1,0 +1,127 @@
+"""ResNet-32 / CIFAR-10 accuracy vs. time on the hybrid PCM chip (DESIGN.md section 4).
+
+    python benchmarks/accuracy_resnet32.py [--seeds 5] [--images 10000] [--calib-images 1000]
+                                           [--out reports/accuracy_resnet32_hybrid.md]
+
+Needs ../shared/data (or $ARCHSIM_DATA): the pretrained weights, cifar10_test.npz and
+cifar10_train_jpeg.npz (AdaBS calibration images come from the training file). The report is
+rewritten after every programmed chip, so a run cut short still leaves the seeds it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+if (REPO.parent / "shared" / "data").is_dir():
+    os.environ.setdefault("ARCHSIM_DATA", str(REPO.parent / "shared" / "data"))
+
+from archsim.config import load_chip  # noqa: E402
+from archsim.functional import COMPENSATIONS, DEFAULT_TIMES_S, AccuracyResult, evaluate_accuracy  # noqa: E402
+from archsim.mapping import map_network  # noqa: E402
+from archsim.workloads import load_workload  # noqa: E402
+
+TIME_LABELS = {25.0: "25 s", 3600.0: "1 h", 86400.0: "1 day", 2592000.0: "1 month",
+               31536000.0: "1 year"}
+
+
+def table(result: AccuracyResult, settings: dict, elapsed_s: float, planned_seeds: int) -> str:
+    lines = ["# ResNet-32 / CIFAR-10 on the hybrid PCM chip: accuracy vs. time", "",
+             f"FP32 reference (same images, digital): **{100 * result.fp32:.2f}%**", "",
+             f"Programmed chips (seeds) finished: **{result.seeds} of {planned_seeds}**"
+             + ("" if result.seeds == planned_seeds else " (partial run: the rest did not finish)"),
+             "", "Top-1 accuracy in %, mean ± std over the programmed chips:", ""]
+    for s_map in sorted({s.mapping for s in result.series}):
+        series = [s for s in result.series if s.mapping == s_map]
+        header = ("| time after programming | " + " | ".join(s.compensation for s in series)
+                  + " | chips |")
+        lines += [f"Mapping `{s_map}`:", "", header,
+                  "|" + " --- |" * (len(series) + 2)]
+        for i, t in enumerate(result.times_s):
+            done = sum(len(r) > i for r in series[0].per_seed)
+            cells = [f"{100 * s.mean[i]:.2f} ± {100 * s.std[i]:.2f}" if done else "not run"
+                     for s in series]
+            lines.append(f"| {TIME_LABELS.get(t, f'{t:g} s')} | " + " | ".join(cells)
+                         + f" | {done} |")
+        lines.append("")
+        lines += ["Per chip (seed), % :", ""]
+        for s in series:
+            for k, row in enumerate(s.per_seed):
+                lines.append(f"- {s.compensation}, chip {k}: "
+                             + ", ".join(f"{100 * v:.2f}" for v in row))
+        lines.append("")
+    lines += ["## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
+    lines += [f"- wall time so far: {elapsed_s / 60:.1f} min", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chip", default=str(REPO / "configs" / "pcm_hybrid.yaml"))
+    ap.add_argument("--workload", default=str(REPO / "workloads" / "resnet32_cifar10.yaml"))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--images", type=int, default=10000,
+                    help="N test images, evenly spaced over the (class-sorted) test file")
+    ap.add_argument("--calib-images", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--out", default=str(REPO / "reports" / "accuracy_resnet32_hybrid.md"))
+    args = ap.parse_args(argv)
+
+    chip = load_chip(args.chip)
+    wl = load_workload(args.workload)
+    params = wl.load_params()
+    test = wl.dataset("test")
+    if args.images < len(test):
+        test = test.subset(np.arange(0, len(test), len(test) / args.images).astype(np.int64)[:args.images])
+    calib = wl.dataset("train")
+    mapping = map_network(chip, wl.network)
+    tiles = chip.chip.tiles
+    settings = {
+        "chip": f"{args.chip} (mapping policy {chip.mapping.policy}; "
+                f"{sum(lm.analog for lm in mapping.layers)} of {len(mapping.layers)} matrix layers analog, "
+                f"{mapping.arrays_needed} arrays of {tiles.array.rows}x{tiles.array.cols})",
+        "workload": f"{args.workload} (weights {wl.spec.weights})",
+        "test images": f"{len(test)} from {test.source}"
+                       + ("" if len(test) == 10000 else " (evenly spaced subset: equal share of each class)"),
+        "calibration (AdaBS)": f"{min(args.calib_images, len(calib))} images drawn at random from "
+                               f"{calib.source} (training split)",
+        "DAC / ADC": f"{tiles.dac.bits}-bit / {tiles.adc.bits}-bit, ADC bound "
+                     f"{tiles.adc.output_bound} (normalized units), ADC noise {tiles.adc.output_noise}",
+        "device": f"{chip.chip.device.model}, g_max {chip.chip.device.g_max_us} uS, t0 "
+                  f"{chip.chip.device.t0_s} s, weight scaling {chip.chip.device.weight_scaling}",
+        "GDC calibration input": tiles.calibration.gdc_input,
+        "times after programming (s)": ", ".join(f"{t:g}" for t in DEFAULT_TIMES_S),
+        "compensations": ", ".join(COMPENSATIONS),
+        "base seed": args.seed,
+        "command": "python benchmarks/accuracy_resnet32.py " + " ".join(argv or sys.argv[1:]),
+    }
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(result: AccuracyResult) -> None:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(table(result, settings, time.perf_counter() - start, args.seeds))
+        os.replace(tmp, out)
+        print(f"[{time.strftime('%H:%M:%S')}] {result.seeds} chip(s) finished -> {out}: "
+              + "; ".join(f"{s.compensation} " + " ".join(f"{100 * v:.2f}" for v in s.mean)
+                          for s in result.series), flush=True)
+
+    result = evaluate_accuracy([mapping], params, test, calib=calib, calib_images=args.calib_images,
+                               seeds=args.seeds, seed=args.seed, batch_size=args.batch_size,
+                               on_progress=write)
+    write(result)
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,258 @@
+"""Functional simulation (archsim.functional): closed forms, GDC, AdaBS, reproducibility."""
+
+import numpy as np
+import pytest
+
+from archsim import functional as F
+from archsim.config import load_chip
+from archsim.datasets import load_digits_split
+from archsim.mapping import map_network
+from archsim.network import Layer, Network, Workspace, digits_cnn, forward, init_params
+
+from conftest import REPO, shared_file
+
+CHIP = REPO / "configs" / "pcm_hybrid.yaml"
+
+
+def chip(policy="all-analog", **overrides):
+    return load_chip(CHIP, overrides).with_mapping(policy)
+
+
+def small_net() -> Network:
+    """Conv (K = 27) -> BN -> ReLU -> conv (K = 72) -> BN -> pool -> linear: on 16x16 arrays every
+    layer is split into several row and column blocks."""
+    layers = (Layer("c1", "conv2d", ("input",), out_channels=8, kernel=3, padding=1),
+              Layer("b1", "batchnorm", ("c1",)), Layer("r1", "relu", ("b1",)),
+              Layer("c2", "conv2d", ("r1",), out_channels=12, kernel=3, padding=1, stride=2),
+              Layer("b2", "batchnorm", ("c2",)), Layer("r2", "relu", ("b2",)),
+              Layer("gap", "globalavgpool", ("r2",)),
+              Layer("fc", "linear", ("gap",), out_channels=5, bias=True))
+    return Network("small", (6, 6, 3), layers, 5)
+
+
+def random_params(net, seed=0):
+    rng = np.random.default_rng(seed)
+    params = init_params(net, rng)
+    for name in list(params):
+        if name.endswith(("running_mean", "bias")):
+            params[name] = rng.normal(0, 0.1, params[name].shape).astype(np.float32)
+        elif name.endswith("running_var"):
+            params[name] = rng.uniform(0.5, 2, params[name].shape).astype(np.float32)
+    return params
+
+
+def digits_setup(n=64):
+    net = digits_cnn()
+    params = random_params(net)
+    data = load_digits_split("test", (0.3,), (0.4,))
+    return net, params, data.normalized(slice(0, n))
+
+
+@pytest.mark.parametrize("policy", ["all-analog", "hybrid"])
+def test_ideal_unlimited_equals_fp32_digits(policy):
+    net, params, x = digits_setup()
+    mp = map_network(chip(policy, **{"chip.device.model": "ideal"}), net)
+    pc = F.program_chip(mp, params, np.random.default_rng(0), precision=F.UNLIMITED)
+    state = pc.at(31536000.0, np.random.default_rng(1))
+    for gdc in (False, True):
+        np.testing.assert_allclose(F.analog_forward(state, x, gdc=gdc), forward(net, params, x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_ideal_unlimited_equals_fp32_split_arrays():
+    net = small_net()
+    params = random_params(net, 3)
+    c = chip("all-analog", **{"chip.device.model": "ideal", "chip.tiles.array.rows": 16,
+                              "chip.tiles.array.cols": 16, "chip.tiles.count": 64})
+    mp = map_network(c, net)
+    assert [(lm.row_blocks, lm.col_blocks) for lm in mp.layers] == [(2, 1), (5, 2), (1, 1)]
+    x = np.random.default_rng(4).standard_normal((10, 6, 6, 3)).astype(np.float32)
+    pc = F.program_chip(mp, params, np.random.default_rng(0), precision=F.UNLIMITED)
+    out = F.analog_forward(pc.at(100.0, np.random.default_rng(1)), x)
+    np.testing.assert_allclose(out, forward(net, params, x), rtol=1e-5, atol=1e-5)
+    # with 8-bit converters it is close but not equal (quantization only)
+    pc8 = F.program_chip(mp, params, np.random.default_rng(0))
+    out8 = F.analog_forward(pc8.at(100.0, np.random.default_rng(1)), x)
+    ref = forward(net, params, x)
+    assert 0 < np.abs(out8 - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_zero_noise_scales_equal_ideal():
+    net, params, x = digits_setup(16)
+    zero = {"chip.device.programming_noise_scale": 0, "chip.device.read_noise_scale": 0,
+            "chip.device.drift_scale": 0}
+    outs = []
+    for ov in (zero, {"chip.device.model": "ideal"}):
+        pc = F.program_chip(map_network(chip(**ov), net), params, np.random.default_rng(0))
+        outs.append(F.analog_forward(pc.at(1e6, np.random.default_rng(1)), x))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def one_layer_net():
+    return Network("one", (1, 1, 4), (Layer("flat", "flatten", ("input",)),
+                                      Layer("fc", "linear", ("flat",), out_channels=2)), 2)
+
+
+def test_single_array_hand_computed():
+    """W = [[1, .5], [-1, .25], [.5, 0], [0, -1]], x = [1, .5, -.25, .1], 8-bit DAC/ADC, bound 12:
+    DAC codes [127, 64, -32, 13]; column sums 47 and 66.5 codes -> 47/127 and 66.5/127 normalized;
+    ADC step 12/127 gives 4 and 6 steps -> outputs 48/127 and 72/127."""
+    net = one_layer_net()
+    params = {"fc.weight": np.array([[1, -1, .5, 0], [.5, .25, 0, -1]], np.float32)}
+    mp = map_network(chip("all-analog", **{"chip.device.model": "ideal"}), net)
+    pc = F.program_chip(mp, params, np.random.default_rng(0))
+    pl = pc.layers["fc"]
+    np.testing.assert_array_equal(pl.g_prog_pos[:, 0], [25, 0, 12.5, 0])    # G+ = w * 25 / max|W|
+    np.testing.assert_array_equal(pl.g_prog_neg[:, 1], [0, 0, 0, 25])
+    x = np.array([1, .5, -.25, .1], np.float32).reshape(1, 1, 1, 4)
+    out = F.analog_forward(pc.at(25.0, np.random.default_rng(0)), x)
+    np.testing.assert_allclose(out, [[48 / 127, 72 / 127]], rtol=1e-6)
+    # weights at 1/2 scale: the same conductances (per-array scaling), outputs halved
+    params2 = {"fc.weight": params["fc.weight"] / 2}
+    pc2 = F.program_chip(mp, params2, np.random.default_rng(0))
+    np.testing.assert_array_equal(pc2.layers["fc"].g_prog_pos, pl.g_prog_pos)
+    np.testing.assert_allclose(F.analog_forward(pc2.at(25.0, np.random.default_rng(0)), x),
+                               [[24 / 127, 36 / 127]], rtol=1e-6)
+
+
+def test_per_column_scaling_and_known_drift():
+    """Per-column scaling maps each column's max to g_max; with drift only (nu fixed by an ideal
+    programming of targets), G(t) follows the power law exactly."""
+    net = one_layer_net()
+    params = {"fc.weight": np.array([[1, -1, .5, 0], [.5, .25, 0, -1]], np.float32) * [[1], [0.1]]}
+    mp = map_network(chip("all-analog", **{"chip.device.weight_scaling": "per-column",
+                                           "chip.device.programming_noise_scale": 0,
+                                           "chip.device.read_noise_scale": 0}), net)
+    pc = F.program_chip(mp, params, np.random.default_rng(0), precision=F.UNLIMITED)
+    pl = pc.layers["fc"]
+    assert pl.g_prog_neg[:, 1].max() == 25.0 and pl.g_prog_pos[:, 0].max() == 25.0
+    np.testing.assert_allclose(pl.unit[0], [1 / 25, 0.1 / 25])
+    t = 86400.0
+    st = pc.at(t, np.random.default_rng(0))
+    g_pos = pl.g_prog_pos * ((t + 20) / 20) ** (-pl.nu_pos)
+    g_neg = pl.g_prog_neg * ((t + 20) / 20) ** (-pl.nu_neg)
+    np.testing.assert_allclose(st.layers["fc"].wn, (g_pos - g_neg) / 25, rtol=1e-6)
+
+
+@pytest.mark.parametrize("weights,gdc_input,tol", [("sign", "one-hot", 0.01), ("sign", "all-ones", 0.01),
+                                                  ("gauss", "one-hot", 0.06)])
+def test_gdc_restores_mean_output(weights, gdc_input, tol):
+    """One 256x64 array, drifted for a year: the output shrinks to about half; GDC brings its mean
+    back to the value right after programming - within 1% when all devices share the drift
+    statistics (weights +-1), within 6% for Gaussian weights (small conductances drift faster, and one-hot GDC
+    weighs them more than the outputs do)."""
+    k = 256
+    net = Network("one", (1, 1, k), (Layer("flat", "flatten", ("input",)),
+                                     Layer("fc", "linear", ("flat",), out_channels=64)), 64)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, k))
+    params = {"fc.weight": (np.sign(w) if weights == "sign" else w).astype(np.float32)}
+    mp = map_network(chip("all-analog", **{"chip.tiles.calibration.gdc_input": gdc_input}), net)
+    pc = F.program_chip(mp, params, np.random.default_rng(1), precision=F.UNLIMITED)
+    cols = np.abs(rng.standard_normal((2000, k))).astype(np.float32)
+    ws = Workspace()
+    base_state = F.LayerState(pc.layers["fc"].row_bounds,
+                              ((pc.layers["fc"].g_prog_pos - pc.layers["fc"].g_prog_neg) / 25
+                               ).astype(np.float32),
+                              (pc.layers["fc"].unit * 25).astype(np.float32),
+                              np.ones((1, 64), np.float32), np.ones((1, 1)))
+
+    def mean_out(st, gdc):
+        return np.abs(F.analog_matmul(st, cols, pc.converters, gdc=gdc, workspace=ws)).mean()
+
+    base = mean_out(base_state, False)                  # right after programming, no drift
+    st = pc.at(31536000.0, np.random.default_rng(2)).layers["fc"]
+    assert mean_out(st, False) < 0.6 * base
+    assert mean_out(st, True) == pytest.approx(base, rel=tol)
+    assert st.alpha[0, 0] > 1.6
+
+
+def test_adabs_matches_batch_statistics():
+    """Ideal device, unlimited precision, one calibration batch: AdaBS gives the first BN the
+    exact mean and unbiased variance of its input over the calibration images."""
+    net, params, _ = digits_setup()
+    train = load_digits_split("train", (0.3,), (0.4,)).subset(slice(0, 100))
+    mp = map_network(chip("all-analog", **{"chip.device.model": "ideal"}), net)
+    pc = F.program_chip(mp, params, np.random.default_rng(0), precision=F.UNLIMITED)
+    bn = F.adabs(pc.at(25.0, np.random.default_rng(0)), train, batch_size=100)
+    act = forward(net, params, train.normalized(), keep=lambda n: n == "conv1")["conv1"]
+    mean = act.mean(axis=(0, 1, 2), dtype=np.float64)
+    var = act.var(axis=(0, 1, 2), ddof=1, dtype=np.float64)
+    scale = params["bn1.weight"] / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(bn.affine["bn1"][0], scale, rtol=1e-4)
+    np.testing.assert_allclose(bn.affine["bn1"][1], params["bn1.bias"] - mean * scale, rtol=1e-4,
+                               atol=1e-5)
+
+
+def tiny_eval(seed, **kw):
+    net = digits_cnn()
+    params = random_params(net)
+    test = load_digits_split("test", (0.3,), (0.4,)).subset(slice(0, 40))
+    train = load_digits_split("train", (0.3,), (0.4,))
+    mps = [map_network(chip("hybrid"), net), map_network(chip("all-analog"), net)]
+    return F.evaluate_accuracy(mps, params, test, calib=train, calib_images=30, times_s=(25.0, 1e6),
+                               seeds=2, seed=seed, batch_size=16, progress=False, **kw)
+
+
+def test_evaluate_accuracy_reproducible_and_shaped():
+    a, b, c = tiny_eval(0), tiny_eval(0), tiny_eval(1)
+    assert a == b                                              # bit for bit
+    assert a.to_dict() == b.to_dict()
+    assert [s.per_seed for s in a.series] != [s.per_seed for s in c.series]
+    assert (a.seeds, a.images, a.calib_images, a.times_s) == (2, 40, 30, (25.0, 1e6))
+    assert [(s.mapping, s.compensation) for s in a.series] == [
+        (m, c) for m in ("hybrid", "all-analog") for c in F.COMPENSATIONS]
+    d = a.to_dict()
+    assert set(d) == {"fp32", "times_s", "seeds", "images", "calib_images", "series"}
+    assert set(d["series"][0]) == {"mapping", "compensation", "mean", "std"}
+    for s in a.series:
+        assert len(s.per_seed) == 2 and all(len(r) == 2 for r in s.per_seed)
+        np.testing.assert_allclose(s.mean, np.mean(s.per_seed, axis=0))
+        np.testing.assert_allclose(s.std, np.std(s.per_seed, axis=0))
+
+
+def test_evaluate_accuracy_ideal_unlimited_is_fp32():
+    net, params, _ = digits_setup()
+    test = load_digits_split("test", (0.3,), (0.4,))
+    mp = map_network(chip("all-analog", **{"chip.device.model": "ideal"}), net)
+    res = F.evaluate_accuracy([mp], params, test, times_s=(25.0,), seeds=1,
+                              compensations=("none", "gdc"), progress=False,
+                              precision=F.UNLIMITED)
+    assert res.fp32 > 0 and all(s.mean == (res.fp32,) for s in res.series)
+    with pytest.raises(ValueError, match="calibration"):
+        F.evaluate_accuracy([mp], params, test, times_s=(25.0,), seeds=1, progress=False)
+
+
+@pytest.mark.shared_data
+def test_resnet32_ideal_unlimited_equals_fp32_and_noisy_is_close():
+    from archsim.workloads import load_workload
+    shared_file("resnet32_cifar10_akamaster.npz")
+    wl = load_workload(REPO / "workloads" / "resnet32_cifar10.yaml")
+    params = wl.load_params()
+    test = wl.dataset("test")
+    x = test.normalized(np.arange(0, 10000, 500))              # 20 images, all classes
+    ref = forward(wl.network, params, x)
+    mp = map_network(load_chip(CHIP, {"chip.device.model": "ideal"}), wl.network)
+    pc = F.program_chip(mp, params, np.random.default_rng(0), precision=F.UNLIMITED)
+    np.testing.assert_allclose(F.analog_forward(pc.at(25.0, np.random.default_rng(0)), x), ref,
+                               rtol=1e-4, atol=1e-3)
+    pcm = F.program_chip(map_network(load_chip(CHIP), wl.network), params, F.chip_rng(0, 0))
+    out = F.analog_forward(pcm.at(25.0, F.time_rng(0, 0, 0, 0)), x)
+    assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.8
+
+
+def test_adc_output_noise_is_drawn_from_the_given_generator():
+    net, params, x = digits_setup(8)
+    mp = map_network(chip(**{"chip.device.model": "ideal", "chip.tiles.adc.output_noise": 0.05}), net)
+    conv = F.Converters.from_chip(mp)
+    assert (conv.dac_bits, conv.adc_bits, conv.adc_bound, conv.adc_noise) == (8, 8, 12.0, 0.05)
+    state = F.program_chip(mp, params, np.random.default_rng(0)).at(25.0, np.random.default_rng(0))
+    a = F.analog_forward(state, x, noise_rng=np.random.default_rng(5))
+    b = F.analog_forward(state, x, noise_rng=np.random.default_rng(5))
+    c = F.analog_forward(state, x, noise_rng=np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    quiet = map_network(chip(**{"chip.device.model": "ideal"}), net)
+    q = F.analog_forward(F.program_chip(quiet, params, np.random.default_rng(0)).at(
+        25.0, np.random.default_rng(0)), x)
+    assert 0 < np.abs(a - q).max() < 0.5 * np.abs(q).max()

@@ -88,7 +88,11 @@ def accuracy_for(mappings: Sequence[Mapping], workload: Workload, *, times_s, se
         # evenly spaced, not the first N: test files may be sorted by class (shared CIFAR-10 is)
         test = test.subset(np.linspace(0, len(test), test_images, endpoint=False).astype(np.int64))
     analog = [m for m in mappings if m.analog_layers]
-    calib = workload.dataset("train") if analog and calib_images > 0 else None
+    if not analog:
+        # an all-digital chip neither drifts nor is noisy: its accuracy is the FP32 one at all times
+        fp32 = functional.fp32_accuracy(workload.network, params, test)
+        return functional.AccuracyResult(fp32, tuple(times_s), 0, len(test), 0, ())
+    calib = workload.dataset("train") if calib_images > 0 else None
     return functional.evaluate_accuracy(analog, params, test, calib=calib,
                                         calib_images=calib_images, times_s=tuple(times_s),
                                         seeds=seeds, seed=seed, progress=progress)

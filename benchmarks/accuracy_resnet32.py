@@ -89,10 +89,10 @@ def main(argv=None) -> int:
                 f"{sum(lm.analog for lm in mapping.layers)} of {len(mapping.layers)} matrix layers analog, "
                 f"{mapping.arrays_needed} arrays of {tiles.array.rows}x{tiles.array.cols})",
         "workload": f"{args.workload} (weights {wl.spec.weights})",
-        "test images": f"{len(test)} from {test.source}"
+        "test images": f"{len(test)} from {Path(test.source).name}"
                        + ("" if len(test) == 10000 else " (evenly spaced subset: equal share of each class)"),
         "calibration (AdaBS)": f"{min(args.calib_images, len(calib))} images drawn at random from "
-                               f"{calib.source} (training split)",
+                               f"{Path(calib.source).name} (training split)",
         "DAC / ADC": f"{tiles.dac.bits}-bit / {tiles.adc.bits}-bit, ADC bound "
                      f"{tiles.adc.output_bound} (normalized units), ADC noise {tiles.adc.output_noise}",
         "device": f"{chip.chip.device.model}, g_max {chip.chip.device.g_max_us} uS, t0 "

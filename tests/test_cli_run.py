@@ -67,11 +67,16 @@ def test_run_is_reproducible_bit_for_bit(default_run, tmp_path):
 
 
 def test_compare_prints_ratios(tmp_path, capsys):
-    assert main(["compare", "pcm_hybrid", "digital_fp32", "--no-accuracy", "--out",
-                 str(tmp_path)]) == 0
+    assert main(["compare", "pcm_hybrid", "digital_fp32", "--quiet", "--seeds", "1", "--times",
+                 "25s,1y", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "A / B" in out and "energy per inference" in out
     assert (tmp_path / "compare.md").exists() and (tmp_path / "compare.json").exists()
+    both = json.loads((tmp_path / "compare.json").read_text())
+    digital = both["b"]["accuracy"]
+    # the all-digital chip has no analog series: its accuracy is FP32 at every time
+    assert digital["series"] == [] and digital["fp32"] == both["a"]["accuracy"]["fp32"]
+    assert "accuracy at 1 y" in out
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -119,3 +119,12 @@ def test_compare_table_ratios():
     table = rep.compare_table(a, b)
     line = next(l for l in table.splitlines() if l.startswith("energy per inference"))
     assert line.split()[-1] == "0.25"
+
+
+def test_atomic_write_gives_the_usual_file_permissions(tmp_path):
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    target = tmp_path / "report.md"
+    atomic.atomic_write_text(target, "x")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

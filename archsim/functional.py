@@ -29,7 +29,7 @@ import numpy as np
 from . import kernels
 from .datasets import Dataset
 from .mapping import LayerMapping, Mapping
-from .network import Layer, Network, Workspace, batchnorm_affine, forward
+from .network import Layer, Network, Workspace, batchnorm_affine, forward, matrix_input
 from .pcm import PCMModel, targets
 from .progress import Progress
 
@@ -200,16 +200,22 @@ def program_chip(mapping: Mapping, params: dict, rng: np.random.Generator, *,
 def analog_matmul(state: LayerState, cols: np.ndarray, conv: Converters, *, gdc: bool,
                   workspace: Workspace, noise_rng: np.random.Generator | None = None,
                   in_place: bool = False,
-                  affine: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                  affine: tuple[np.ndarray, np.ndarray] | None = None,
+                  dac_absmax: np.ndarray | None = None) -> np.ndarray:
     """(P, K) @ W on the arrays: DAC per row block, one GEMM per row block, ADC, digital sum.
     ``in_place``: the DAC codes overwrite ``cols`` (a scratch im2col buffer). ``affine``: a
-    per-column (scale, offset) applied in the same digital pass (the folded BatchNorm)."""
+    per-column (scale, offset) applied in the same digital pass (the folded BatchNorm).
+    ``dac_absmax``: ``cols`` already holds the DAC codes (:func:`kernels.im2col_dac_into`), with
+    these per-row-block abs-maxes."""
     cols = np.ascontiguousarray(cols, np.float32)
     p, k = cols.shape
     nb, n = state.colscale.shape
-    xq = cols if in_place else workspace.get("dac.x", (p, k))
-    absmax = workspace.get("dac.absmax", (p, nb))
-    kernels.dac_quantize_into(cols, state.row_bounds, conv.dac_bits, xq, absmax)
+    if dac_absmax is not None:
+        xq, absmax = cols, dac_absmax
+    else:
+        xq = cols if in_place else workspace.get("dac.x", (p, k))
+        absmax = workspace.get("dac.absmax", (p, nb))
+        kernels.dac_quantize_into(cols, state.row_bounds, conv.dac_bits, xq, absmax)
     y = workspace.get("adc.y", (nb, p, n))
     for b, (r0, r1) in enumerate(state.row_bounds):
         np.matmul(xq[:, r0:r1], state.wn[r0:r1], out=y[b])
@@ -253,6 +259,22 @@ def analog_forward(state: ChipState, x: np.ndarray, *, gdc: bool = True,
     # an analog conv whose only consumer is a BatchNorm gets the BN affine in its ADC pass (the
     # per-column periphery of the hardware); that BN is then the identity
     fused = {} if batchnorm is not None else _fusable_batchnorms(net, state)
+    dac_absmax: dict[str, np.ndarray] = {}
+
+    def patches(layer: Layer, a: np.ndarray, workspace: Workspace) -> np.ndarray:
+        """Analog conv inputs: im2col and the DAC in one pass (codes + abs-maxes)."""
+        ls = state.layers.get(layer.name)
+        if ls is None or layer.kind != "conv2d":
+            return matrix_input(layer, a, workspace)
+        ho, wo, _ = net.shape(layer.name)
+        rows = a.shape[0] * ho * wo
+        out = workspace.get("im2col", (rows, a.shape[3] * layer.kernel * layer.kernel))
+        absmax = workspace.get("dac.absmax", (rows, len(ls.row_bounds)))
+        kernels.im2col_dac_into(np.asarray(a, np.float32), layer.kernel, layer.stride,
+                                layer.padding, ho, wo, ls.row_bounds, chip.converters.dac_bits,
+                                out, absmax)
+        dac_absmax[layer.name] = absmax
+        return out
 
     def matmul(layer: Layer, cols: np.ndarray) -> np.ndarray:
         ls = state.layers.get(layer.name)
@@ -262,7 +284,8 @@ def analog_forward(state: ChipState, x: np.ndarray, *, gdc: bool = True,
         # conv inputs are im2col scratch buffers of the workspace: the DAC may overwrite them
         return analog_matmul(ls, cols, chip.converters, gdc=gdc, workspace=ws, noise_rng=noise_rng,
                              in_place=layer.kind == "conv2d",
-                             affine=None if bn_name is None else bn.affine[bn_name])
+                             affine=None if bn_name is None else bn.affine[bn_name],
+                             dac_absmax=dac_absmax.pop(layer.name, None))
 
     fused_bns = set(fused.values())
 
@@ -272,7 +295,8 @@ def analog_forward(state: ChipState, x: np.ndarray, *, gdc: bool = True,
         scale, offset = bn.affine[layer.name]
         return a * scale + offset
 
-    return forward(net, chip.params, x, matmul=matmul, batchnorm=batchnorm or affine, workspace=ws)
+    return forward(net, chip.params, x, matmul=matmul, batchnorm=batchnorm or affine, workspace=ws,
+                   matrix_input_hook=patches)
 
 
 def _fusable_batchnorms(net: Network, state: ChipState) -> dict[str, str]:

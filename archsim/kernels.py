@@ -127,6 +127,71 @@ def _dac_kernel(x, bounds, levels, xq, absmax):
     return xq
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _im2col_dac_kernel(x, kernel, stride, pad, ho, wo, bounds, levels, out, absmax):
+    n, h, w, c = x.shape
+    kk = kernel * kernel
+    nb = bounds.shape[0]
+    lv = np.float32(levels)
+    for bi in prange(n):
+        for oy in range(ho):
+            for ox in range(wo):
+                row = (bi * ho + oy) * wo + ox
+                for i in range(kernel):
+                    y = oy * stride + i - pad
+                    for j in range(kernel):
+                        xx = ox * stride + j - pad
+                        col = i * kernel + j
+                        if y < 0 or y >= h or xx < 0 or xx >= w:
+                            for ch in range(c):
+                                out[row, ch * kk + col] = 0.0
+                        else:
+                            for ch in range(c):
+                                out[row, ch * kk + col] = x[bi, y, xx, ch]
+                # the row is in cache now: the DAC of each row block, exactly as _dac_kernel
+                for b in range(nb):
+                    r0 = bounds[b, 0]
+                    r1 = bounds[b, 1]
+                    m = np.float32(0.0)
+                    for k in range(r0, r1):
+                        m = max(m, abs(out[row, k]))
+                    absmax[row, b] = m
+                    if m == 0.0:
+                        for k in range(r0, r1):
+                            out[row, k] = 0.0
+                    elif levels > 0:
+                        s = lv / m
+                        for k in range(r0, r1):
+                            out[row, k] = np.rint(out[row, k] * s)
+                    else:
+                        for k in range(r0, r1):
+                            out[row, k] = out[row, k] / m
+    return out
+
+
+def im2col_dac_into(x: np.ndarray, kernel: int, stride: int, padding: int, ho: int, wo: int,
+                    bounds: np.ndarray, bits: int | None, out: np.ndarray, absmax: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`im2col_into` and :func:`dac_quantize_into` in one pass over memory: each patch row
+    is built and DAC-quantized while it is in cache. Same numbers as the two kernels in turn."""
+    n, _, _, c = x.shape
+    if x.dtype != np.float32 or out.dtype != np.float32 or absmax.dtype != np.float32:
+        raise TypeError("im2col_dac_into: float32 arrays expected")
+    k = c * kernel * kernel
+    if out.shape != (n * ho * wo, k) or not out.flags.c_contiguous:
+        raise ValueError(f"im2col_dac_into: out must be C-contiguous {(n * ho * wo, k)}, "
+                         f"got {out.shape}")
+    bounds = np.ascontiguousarray(bounds, np.int64)
+    if absmax.shape != (out.shape[0], len(bounds)) or not absmax.flags.c_contiguous:
+        raise ValueError(f"im2col_dac_into: absmax must be C-contiguous "
+                         f"{(out.shape[0], len(bounds))}, got {absmax.shape}")
+    if bounds.size and (bounds.min() < 0 or bounds.max() > k):
+        raise ValueError("im2col_dac_into: row bounds outside the patch")
+    _im2col_dac_kernel(np.ascontiguousarray(x), kernel, stride, padding, ho, wo, bounds,
+                       levels_of(bits), out, absmax)
+    return out, absmax
+
+
 def dac_quantize_into(x: np.ndarray, bounds: np.ndarray, bits: int | None, xq: np.ndarray,
                       absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Noise-managed DAC: each row of ``x`` (P, K), restricted to each row block [r0, r1) of

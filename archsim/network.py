@@ -263,12 +263,14 @@ def matrix_input(layer: Layer, x: np.ndarray, workspace: Workspace | None = None
 
 
 MatmulHook = Callable[[Layer, np.ndarray], np.ndarray]
+MatrixInputHook = Callable[[Layer, np.ndarray, "Workspace"], np.ndarray]
 BatchnormHook = Callable[[Layer, np.ndarray], np.ndarray]
 
 
 def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
             matmul: MatmulHook | None = None, batchnorm: BatchnormHook | None = None,
-            keep: Callable[[str], bool] | None = None, workspace: Workspace | None = None
+            keep: Callable[[str], bool] | None = None, workspace: Workspace | None = None,
+            matrix_input_hook: MatrixInputHook | None = None
             ) -> np.ndarray | dict[str, np.ndarray]:
     """Run the graph on a batch ``x`` (N, H, W, C).
 
@@ -276,7 +278,8 @@ def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
     the layer's weights); bias is added after it. ``batchnorm(layer, x)`` replaces a BatchNorm layer
     (default: eval-mode affine). With ``keep``, returns every activation whose name it accepts
     (plus the output) instead of the output alone. ``workspace`` reuses im2col buffers across
-    calls (pass one when running many batches of one size).
+    calls (pass one when running many batches of one size). ``matrix_input_hook(layer, a,
+    workspace)`` replaces :func:`matrix_input` (e.g. to build and quantize patches in one pass).
     """
     workspace = workspace if workspace is not None else Workspace()
     values: dict[str, np.ndarray] = {INPUT: np.asarray(x, dtype=np.float32)}
@@ -285,7 +288,7 @@ def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
     for layer in net.layers:
         a = values[layer.inputs[0]]
         if layer.is_matrix:
-            cols = matrix_input(layer, a, workspace)
+            cols = (matrix_input_hook or matrix_input)(layer, a, workspace)
             if matmul is None:
                 out = cols @ net.weight_matrix(params, layer)
             else:

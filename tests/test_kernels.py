@@ -125,3 +125,27 @@ def test_im2col_matches_twin():
                 patch = xp[b, oy * 2:oy * 2 + 3, ox * 2:ox * 2 + 3, :]     # (3, 3, C)
                 ref.append(patch.transpose(2, 0, 1).reshape(-1))
     np.testing.assert_array_equal(cols, np.array(ref))
+
+
+@pytest.mark.parametrize("bits", [8, 4, None])
+@pytest.mark.parametrize("stride,padding,bounds", [(1, 1, [[0, 36]]), (2, 1, [[0, 18], [18, 36]]),
+                                                   (1, 0, [[0, 13], [13, 25], [25, 36]])])
+def test_fused_im2col_dac_equals_the_two_kernels(bits, stride, padding, bounds):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 7, 6, 4)).astype(np.float32)
+    x[0, :, :, :] = 0.0                       # all-zero patches: abs-max 0
+    ho = (7 + 2 * padding - 3) // stride + 1
+    wo = (6 + 2 * padding - 3) // stride + 1
+    bounds = np.array(bounds, np.int64)
+    cols = np.empty((3 * ho * wo, 36), np.float32)
+    kernels.im2col_into(x, 3, stride, padding, ho, wo, cols)
+    want = np.empty_like(cols)
+    want_max = np.empty((cols.shape[0], len(bounds)), np.float32)
+    kernels.dac_quantize_into(cols, bounds, bits, want, want_max)
+    got = np.empty_like(cols)
+    got_max = np.empty_like(want_max)
+    kernels.im2col_dac_into(x, 3, stride, padding, ho, wo, bounds, bits, got, got_max)
+    assert np.array_equal(got, want) and np.array_equal(got_max, want_max)
+    with pytest.raises(ValueError):
+        kernels.im2col_dac_into(x, 3, stride, padding, ho, wo, bounds, bits, got,
+                                np.empty((1, 1), np.float32))

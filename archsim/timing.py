@@ -636,7 +636,6 @@ class _Sim:
 
     def transmit(self, edge: _Edge):
         """Move every produced row to the routers of its consumer."""
-        env = self.env
         for i in range(self.n):
             for j in range(edge.src.rows):
                 ready = edge.src.ready[i][j]

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archsim import workloads as wl_mod
 from archsim.datasets import load_cifar10
 from archsim.errors import ConfigError, DataError, WorkloadError
 from archsim.network import forward, init_params, predict, resnet_cifar

@@ -15,25 +15,30 @@ from numba import njit, prange
 numba.config.THREADING_LAYER = "workqueue"
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _patch_row(x, b, oy, ox, kernel, stride, pad, out, row):
+    """Patch of output pixel (b, oy, ox) into ``out[row]``, (c, i, j) order, zeros off the edge."""
+    _, h, w, c = x.shape
+    kk = kernel * kernel
+    for i in range(kernel):
+        y = oy * stride + i - pad
+        for j in range(kernel):
+            xx = ox * stride + j - pad
+            col = i * kernel + j
+            if y < 0 or y >= h or xx < 0 or xx >= w:
+                for ch in range(c):
+                    out[row, ch * kk + col] = 0.0
+            else:
+                for ch in range(c):
+                    out[row, ch * kk + col] = x[b, y, xx, ch]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _im2col_kernel(x, kernel, stride, pad, ho, wo, out):
-    n, h, w, c = x.shape
-    kk = kernel * kernel
-    for b in prange(n):
+    for b in prange(x.shape[0]):
         for oy in range(ho):
             for ox in range(wo):
-                row = (b * ho + oy) * wo + ox
-                for i in range(kernel):
-                    y = oy * stride + i - pad
-                    for j in range(kernel):
-                        xx = ox * stride + j - pad
-                        col = i * kernel + j
-                        if y < 0 or y >= h or xx < 0 or xx >= w:
-                            for ch in range(c):
-                                out[row, ch * kk + col] = 0.0
-                        else:
-                            for ch in range(c):
-                                out[row, ch * kk + col] = x[b, y, xx, ch]
+                _patch_row(x, b, oy, ox, kernel, stride, pad, out, (b * ho + oy) * wo + ox)
     return out
 
 
@@ -101,71 +106,45 @@ def levels_of(bits: int | None) -> int:
     return 0 if bits is None else (1 << (int(bits) - 1)) - 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _dac_row(x, p, bounds, levels, xq, absmax):
+    """DAC of row ``p`` of ``x`` into ``xq[p]`` (may be ``x`` itself), each row block on its own."""
+    lv = np.float32(levels)
+    for b in range(bounds.shape[0]):
+        r0 = bounds[b, 0]
+        r1 = bounds[b, 1]
+        m = np.float32(0.0)
+        for k in range(r0, r1):
+            m = max(m, abs(x[p, k]))
+        absmax[p, b] = m
+        if m == 0.0:
+            for k in range(r0, r1):
+                xq[p, k] = 0.0
+        elif levels > 0:
+            s = lv / m
+            for k in range(r0, r1):
+                xq[p, k] = np.rint(x[p, k] * s)
+        else:
+            for k in range(r0, r1):
+                xq[p, k] = x[p, k] / m
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _dac_kernel(x, bounds, levels, xq, absmax):
-    rows = x.shape[0]
-    nb = bounds.shape[0]
-    lv = np.float32(levels)
-    for p in prange(rows):
-        for b in range(nb):
-            r0 = bounds[b, 0]
-            r1 = bounds[b, 1]
-            m = np.float32(0.0)
-            for k in range(r0, r1):
-                m = max(m, abs(x[p, k]))
-            absmax[p, b] = m
-            if m == 0.0:
-                for k in range(r0, r1):
-                    xq[p, k] = 0.0
-            elif levels > 0:
-                s = lv / m
-                for k in range(r0, r1):
-                    xq[p, k] = np.rint(x[p, k] * s)
-            else:
-                for k in range(r0, r1):
-                    xq[p, k] = x[p, k] / m
+    for p in prange(x.shape[0]):
+        _dac_row(x, p, bounds, levels, xq, absmax)
     return xq
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _im2col_dac_kernel(x, kernel, stride, pad, ho, wo, bounds, levels, out, absmax):
-    n, h, w, c = x.shape
-    kk = kernel * kernel
-    nb = bounds.shape[0]
-    lv = np.float32(levels)
-    for bi in prange(n):
+    for b in prange(x.shape[0]):
         for oy in range(ho):
             for ox in range(wo):
-                row = (bi * ho + oy) * wo + ox
-                for i in range(kernel):
-                    y = oy * stride + i - pad
-                    for j in range(kernel):
-                        xx = ox * stride + j - pad
-                        col = i * kernel + j
-                        if y < 0 or y >= h or xx < 0 or xx >= w:
-                            for ch in range(c):
-                                out[row, ch * kk + col] = 0.0
-                        else:
-                            for ch in range(c):
-                                out[row, ch * kk + col] = x[bi, y, xx, ch]
-                # the row is in cache now: the DAC of each row block, exactly as _dac_kernel
-                for b in range(nb):
-                    r0 = bounds[b, 0]
-                    r1 = bounds[b, 1]
-                    m = np.float32(0.0)
-                    for k in range(r0, r1):
-                        m = max(m, abs(out[row, k]))
-                    absmax[row, b] = m
-                    if m == 0.0:
-                        for k in range(r0, r1):
-                            out[row, k] = 0.0
-                    elif levels > 0:
-                        s = lv / m
-                        for k in range(r0, r1):
-                            out[row, k] = np.rint(out[row, k] * s)
-                    else:
-                        for k in range(r0, r1):
-                            out[row, k] = out[row, k] / m
+                row = (b * ho + oy) * wo + ox
+                _patch_row(x, b, oy, ox, kernel, stride, pad, out, row)
+                # the row is in cache now: its DAC, in place
+                _dac_row(out, row, bounds, levels, out, absmax)
     return out
 
 

@@ -375,7 +375,8 @@ class AccuracyResult:
         return {"fp32": self.fp32, "times_s": list(self.times_s), "seeds": self.seeds,
                 "images": self.images, "calib_images": self.calib_images,
                 "series": [{"mapping": s.mapping, "compensation": s.compensation,
-                            "mean": list(s.mean), "std": list(s.std)} for s in self.series]}
+                            "mean": list(s.mean), "std": list(s.std),
+                            "per_seed": [list(r) for r in s.per_seed]} for s in self.series]}
 
 
 def _count_correct(logits_fn, data: Dataset, batch_size: int, bar: Progress | None, note: str) -> int:

@@ -237,35 +237,54 @@ def layers_csv(report: dict) -> str:
     return buf.getvalue()
 
 
-def render_plots(report: dict) -> dict[str, bytes]:
-    """PNG plots (accuracy vs time with mean ± std bands; energy and area breakdowns), or nothing
-    when matplotlib is not installed (the optional ``plot`` extra)."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or None without the optional ``plot`` extra."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def accuracy_plot(acc: dict, title: str) -> bytes | None:
+    """Accuracy vs time after programming (log time axis), one line per (mapping, compensation)
+    with a mean ± std band and the FP32 reference dashed; None without matplotlib."""
+    plt = _pyplot()
+    if plt is None or not acc.get("series"):
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    times = acc["times_s"]
+    for s in acc["series"]:
+        mean = [100 * m for m in s["mean"]]
+        std = [100 * v for v in s["std"]]
+        line, = ax.plot(times, mean, marker="o", label=f"{s['mapping']}, {s['compensation']}")
+        ax.fill_between(times, [m - v for m, v in zip(mean, std)],
+                        [m + v for m, v in zip(mean, std)], alpha=0.2, color=line.get_color())
+    ax.axhline(100 * acc["fp32"], color="black", linestyle="--", label="FP32")
+    ax.set_xscale("log")
+    ax.set_xticks(times, [format_time_s(t) for t in times])
+    ax.set_xlabel("time after programming")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig, plt)
+
+
+def render_plots(report: dict) -> dict[str, bytes]:
+    """PNG plots (accuracy vs time with mean ± std bands; energy and area breakdowns), or nothing
+    when matplotlib is not installed (the optional ``plot`` extra)."""
+    plt = _pyplot()
+    if plt is None:
         return {}
     out: dict[str, bytes] = {}
     acc = report.get("accuracy")
-    if acc and acc.get("series"):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        times = acc["times_s"]
-        for s in acc["series"]:
-            mean = [100 * m for m in s["mean"]]
-            std = [100 * v for v in s["std"]]
-            line, = ax.plot(times, mean, marker="o", label=f"{s['mapping']}, {s['compensation']}")
-            ax.fill_between(times, [m - v for m, v in zip(mean, std)],
-                            [m + v for m, v in zip(mean, std)], alpha=0.2, color=line.get_color())
-        ax.axhline(100 * acc["fp32"], color="black", linestyle="--", label="FP32")
-        ax.set_xscale("log")
-        ax.set_xticks(times, [format_time_s(t) for t in times])
-        ax.set_xlabel("time after programming")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{report['workload']['name']} on {report['chip']['name']}")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        out["accuracy_vs_time.png"] = _png(fig, plt)
+    if acc:
+        png = accuracy_plot(acc, f"{report['workload']['name']} on {report['chip']['name']}")
+        if png is not None:
+            out["accuracy_vs_time.png"] = png
     if report.get("energy"):
         energy = report["energy"].get("per_component_pj_per_inference",
                                       report["energy"].get("per_component_pj", {}))

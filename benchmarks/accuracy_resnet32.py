@@ -5,12 +5,14 @@
 
 Needs ../shared/data (or $ARCHSIM_DATA): the pretrained weights, cifar10_test.npz and
 cifar10_train_jpeg.npz (AdaBS calibration images come from the training file). The report is
-rewritten after every programmed chip, so a run cut short still leaves the seeds it finished.
+rewritten after every programmed chip, so a run cut short still leaves the seeds it finished;
+beside it go the same numbers as JSON (per chip included) and a PNG plot.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -23,9 +25,11 @@ sys.path.insert(0, str(REPO))
 if (REPO.parent / "shared" / "data").is_dir():
     os.environ.setdefault("ARCHSIM_DATA", str(REPO.parent / "shared" / "data"))
 
+from archsim.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 from archsim.config import load_chip  # noqa: E402
 from archsim.functional import COMPENSATIONS, DEFAULT_TIMES_S, AccuracyResult, evaluate_accuracy  # noqa: E402
 from archsim.mapping import map_network  # noqa: E402
+from archsim.report import accuracy_plot  # noqa: E402
 from archsim.workloads import load_workload  # noqa: E402
 
 TIME_LABELS = {25.0: "25 s", 3600.0: "1 h", 86400.0: "1 day", 2592000.0: "1 month",
@@ -108,9 +112,15 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(result: AccuracyResult) -> None:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(table(result, settings, time.perf_counter() - start, args.seeds))
-        os.replace(tmp, out)
+        elapsed_s = time.perf_counter() - start
+        atomic_write_text(out, table(result, settings, elapsed_s, args.seeds))
+        atomic_write_text(out.with_suffix(".json"), json.dumps(
+            {"accuracy": result.to_dict(), "planned_seeds": args.seeds, "settings": settings,
+             "wall_time_s": elapsed_s}, indent=1) + "\n")
+        png = accuracy_plot(result.to_dict(), f"ResNet-32 / CIFAR-10, {len(test)} test images, "
+                                              f"{result.seeds} chips")
+        if png is not None:
+            atomic_write_bytes(out.with_suffix(".png"), png)
         print(f"[{time.strftime('%H:%M:%S')}] {result.seeds} chip(s) finished -> {out}: "
               + "; ".join(f"{s.compensation} " + " ".join(f"{100 * v:.2f}" for v in s.mean)
                           for s in result.series), flush=True)

@@ -204,7 +204,8 @@ def test_evaluate_accuracy_reproducible_and_shaped():
         (m, c) for m in ("hybrid", "all-analog") for c in F.COMPENSATIONS]
     d = a.to_dict()
     assert set(d) == {"fp32", "times_s", "seeds", "images", "calib_images", "series"}
-    assert set(d["series"][0]) == {"mapping", "compensation", "mean", "std"}
+    assert set(d["series"][0]) == {"mapping", "compensation", "mean", "std", "per_seed"}
+    assert [s["per_seed"] for s in d["series"]] == [[list(r) for r in s.per_seed] for s in a.series]
     for s in a.series:
         assert len(s.per_seed) == 2 and all(len(r) == 2 for r in s.per_seed)
         np.testing.assert_allclose(s.mean, np.mean(s.per_seed, axis=0))

@@ -110,6 +110,11 @@ def test_plots_are_png_when_matplotlib_present():
     plots = rep.render_plots(fake_report())
     assert set(plots) == {"accuracy_vs_time.png", "breakdown.png"}
     assert all(data.startswith(b"\x89PNG") for data in plots.values())
+    # no accuracy series (the all-digital chip): no accuracy plot
+    assert rep.accuracy_plot({"fp32": 0.9, "times_s": [25.0], "series": []}, "t") is None
+    no_acc = fake_report()
+    no_acc["accuracy"]["series"] = []
+    assert set(rep.render_plots(no_acc)) == {"breakdown.png"}
 
 
 def test_compare_table_ratios():

@@ -378,6 +378,14 @@ class AccuracyResult:
                             "mean": list(s.mean), "std": list(s.std),
                             "per_seed": [list(r) for r in s.per_seed]} for s in self.series]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "AccuracyResult":
+        """The inverse of :meth:`to_dict` (e.g. to re-render a saved report)."""
+        return cls(d["fp32"], tuple(d["times_s"]), d["seeds"], d["images"], d["calib_images"],
+                   tuple(AccuracySeries(s["mapping"], s["compensation"], tuple(s["mean"]),
+                                        tuple(s["std"]), tuple(tuple(r) for r in s["per_seed"]))
+                         for s in d["series"]))
+
 
 def _count_correct(logits_fn, data: Dataset, batch_size: int, bar: Progress | None, note: str) -> int:
     correct = 0

@@ -6,7 +6,8 @@
 Needs ../shared/data (or $ARCHSIM_DATA): the pretrained weights, cifar10_test.npz and
 cifar10_train_jpeg.npz (AdaBS calibration images come from the training file). The report is
 rewritten after every programmed chip, so a run cut short still leaves the seeds it finished;
-beside it go the same numbers as JSON (per chip included) and a PNG plot.
+beside it go the same numbers as JSON (per chip included) and a PNG plot. ``--render FILE.json``
+rewrites the Markdown and plot of a run from its JSON without simulating again.
 """
 
 from __future__ import annotations
@@ -36,6 +37,27 @@ TIME_LABELS = {25.0: "25 s", 3600.0: "1 h", 86400.0: "1 day", 2592000.0: "1 mont
                31536000.0: "1 year"}
 
 
+def findings(fp32: float, times_s, by: dict) -> list[str]:
+    """What the table shows, per time: the drop without compensation, the share of it GDC
+    recovers, and GDC + AdaBS against GDC alone (mean and per chip)."""
+    if not {"none", "gdc", "gdc+adabs"} <= set(by):
+        return []
+    none, gdc, ada = by["none"], by["gdc"], by["gdc+adabs"]
+    lines = ["What it shows (points are percentage points of accuracy):", "",
+             "| time | drop without compensation | share of the drop GDC recovers "
+             "| GDC + AdaBS minus GDC | chips where GDC + AdaBS < GDC |", "| --- | --- | --- | --- | --- |"]
+    for i, t in enumerate(times_s):
+        chips = [k for k in range(len(none.per_seed)) if len(ada.per_seed[k]) > i]
+        if not chips:
+            continue
+        drop = fp32 - none.mean[i]
+        share = (gdc.mean[i] - none.mean[i]) / drop if drop > 0 else float("nan")
+        worse = sum(ada.per_seed[k][i] < gdc.per_seed[k][i] for k in chips)
+        lines.append(f"| {TIME_LABELS.get(t, f'{t:g} s')} | {100 * drop:.2f} | {100 * share:.1f}% "
+                     f"| {100 * (ada.mean[i] - gdc.mean[i]):+.2f} | {worse} of {len(chips)} |")
+    return lines + [""]
+
+
 def table(result: AccuracyResult, settings: dict, elapsed_s: float, planned_seeds: int) -> str:
     lines = ["# ResNet-32 / CIFAR-10 on the hybrid PCM chip: accuracy vs. time", "",
              f"FP32 reference (same images, digital): **{100 * result.fp32:.2f}%**", "",
@@ -55,6 +77,7 @@ def table(result: AccuracyResult, settings: dict, elapsed_s: float, planned_seed
             lines.append(f"| {TIME_LABELS.get(t, f'{t:g} s')} | " + " | ".join(cells)
                          + f" | {done} |")
         lines.append("")
+        lines += findings(result.fp32, result.times_s, {s.compensation: s for s in series})
         lines += ["Per chip (seed), % :", ""]
         for s in series:
             for k, row in enumerate(s.per_seed):
@@ -77,7 +100,11 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-images", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--out", default=str(REPO / "reports" / "accuracy_resnet32_hybrid.md"))
+    ap.add_argument("--render", metavar="JSON", type=Path,
+                    help="only rewrite the .md and .png of an earlier run from its .json")
     args = ap.parse_args(argv)
+    if args.render:
+        return render(args.render)
 
     chip = load_chip(args.chip)
     wl = load_workload(args.workload)
@@ -109,27 +136,40 @@ def main(argv=None) -> int:
     }
     start = time.perf_counter()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(result: AccuracyResult) -> None:
-        elapsed_s = time.perf_counter() - start
-        atomic_write_text(out, table(result, settings, elapsed_s, args.seeds))
-        atomic_write_text(out.with_suffix(".json"), json.dumps(
-            {"accuracy": result.to_dict(), "planned_seeds": args.seeds, "settings": settings,
-             "wall_time_s": elapsed_s}, indent=1) + "\n")
-        png = accuracy_plot(result.to_dict(), f"ResNet-32 / CIFAR-10, {len(test)} test images, "
-                                              f"{result.seeds} chips")
-        if png is not None:
-            atomic_write_bytes(out.with_suffix(".png"), png)
-        print(f"[{time.strftime('%H:%M:%S')}] {result.seeds} chip(s) finished -> {out}: "
-              + "; ".join(f"{s.compensation} " + " ".join(f"{100 * v:.2f}" for v in s.mean)
-                          for s in result.series), flush=True)
+        write_outputs(out, result, settings, time.perf_counter() - start, args.seeds)
 
     result = evaluate_accuracy([mapping], params, test, calib=calib, calib_images=args.calib_images,
                                seeds=args.seeds, seed=args.seed, batch_size=args.batch_size,
                                on_progress=write)
     write(result)
     print(out.read_text())
+    return 0
+
+
+def write_outputs(out: Path, result: AccuracyResult, settings: dict, elapsed_s: float,
+                  planned_seeds: int) -> None:
+    """``out`` (Markdown) and, beside it, the same numbers as JSON and the plot as PNG."""
+    atomic_write_text(out, table(result, settings, elapsed_s, planned_seeds))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(
+        {"accuracy": result.to_dict(), "planned_seeds": planned_seeds, "settings": settings,
+         "wall_time_s": elapsed_s}, indent=1) + "\n")
+    png = accuracy_plot(result.to_dict(), f"ResNet-32 / CIFAR-10, {result.images} test images, "
+                                          f"{result.seeds} chips")
+    if png is not None:
+        atomic_write_bytes(out.with_suffix(".png"), png)
+    print(f"[{time.strftime('%H:%M:%S')}] {result.seeds} chip(s) finished -> {out}: "
+          + "; ".join(f"{s.compensation} " + " ".join(f"{100 * v:.2f}" for v in s.mean)
+                      for s in result.series), flush=True)
+
+
+def render(json_path: Path) -> int:
+    """Rewrite the Markdown and PNG of a finished (or partial) run from its JSON."""
+    saved = json.loads(json_path.read_text())
+    result = AccuracyResult.from_dict(saved["accuracy"])
+    write_outputs(json_path.with_suffix(".md"), result, saved["settings"], saved["wall_time_s"],
+                  saved["planned_seeds"])
     return 0
 
 

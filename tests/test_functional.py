@@ -1,5 +1,7 @@
 """Functional simulation (archsim.functional): closed forms, GDC, AdaBS, reproducibility."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -206,6 +208,7 @@ def test_evaluate_accuracy_reproducible_and_shaped():
     assert set(d) == {"fp32", "times_s", "seeds", "images", "calib_images", "series"}
     assert set(d["series"][0]) == {"mapping", "compensation", "mean", "std", "per_seed"}
     assert [s["per_seed"] for s in d["series"]] == [[list(r) for r in s.per_seed] for s in a.series]
+    assert F.AccuracyResult.from_dict(json.loads(json.dumps(d))) == a
     for s in a.series:
         assert len(s.per_seed) == 2 and all(len(r) == 2 for r in s.per_seed)
         np.testing.assert_allclose(s.mean, np.mean(s.per_seed, axis=0))

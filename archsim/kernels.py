@@ -107,26 +107,47 @@ def levels_of(bits: int | None) -> int:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _abs_max(xr, r0, r1):
+    """max |xr[r0:r1]| with four running maxima: one chain waits on every compare, four overlap
+    (max is exact, so the order does not change the result)."""
+    m0 = np.float32(0.0)
+    m1 = np.float32(0.0)
+    m2 = np.float32(0.0)
+    m3 = np.float32(0.0)
+    k = r0
+    while k + 4 <= r1:
+        m0 = max(m0, abs(xr[k]))
+        m1 = max(m1, abs(xr[k + 1]))
+        m2 = max(m2, abs(xr[k + 2]))
+        m3 = max(m3, abs(xr[k + 3]))
+        k += 4
+    while k < r1:
+        m0 = max(m0, abs(xr[k]))
+        k += 1
+    return max(max(m0, m1), max(m2, m3))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _dac_row(x, p, bounds, levels, xq, absmax):
     """DAC of row ``p`` of ``x`` into ``xq[p]`` (may be ``x`` itself), each row block on its own."""
     lv = np.float32(levels)
+    xr = x[p]
+    qr = xq[p]
     for b in range(bounds.shape[0]):
         r0 = bounds[b, 0]
         r1 = bounds[b, 1]
-        m = np.float32(0.0)
-        for k in range(r0, r1):
-            m = max(m, abs(x[p, k]))
+        m = _abs_max(xr, r0, r1)
         absmax[p, b] = m
         if m == 0.0:
             for k in range(r0, r1):
-                xq[p, k] = 0.0
+                qr[k] = 0.0
         elif levels > 0:
             s = lv / m
             for k in range(r0, r1):
-                xq[p, k] = np.rint(x[p, k] * s)
+                qr[k] = np.rint(xr[k] * s)
         else:
             for k in range(r0, r1):
-                xq[p, k] = x[p, k] / m
+                qr[k] = xr[k] / m
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -85,7 +85,8 @@ def table(result: AccuracyResult, settings: dict, elapsed_s: float, planned_seed
                              + ", ".join(f"{100 * v:.2f}" for v in row))
         lines.append("")
     lines += ["## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
-    lines += [f"- wall time so far: {elapsed_s / 60:.1f} min", ""]
+    lines += [f"- wall time{'' if result.seeds == planned_seeds else ' so far'}: "
+              f"{elapsed_s / 60:.1f} min", ""]
     return "\n".join(lines)
 
 

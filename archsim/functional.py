@@ -100,9 +100,9 @@ class ProgrammedChip:
         for name, pl in self.layers.items():
             g_pos = self.model.at(pl.g_prog_pos, pl.nu_pos, t_s, rng)
             g_neg = self.model.at(pl.g_prog_neg, pl.nu_neg, t_s, rng)
-            wn = ((g_pos - g_neg) / g_max).astype(np.float32)
+            wn = normalized_weights(g_pos, g_neg, g_max)
             now = _gdc_readout(wn, pl.row_bounds, pl.col_bounds, self.converters)
-            alpha = np.where(now > 0, pl.gdc_baseline / np.where(now > 0, now, 1.0), 1.0)
+            alpha = np.divide(pl.gdc_baseline, now, out=np.ones_like(now), where=now > 0)
             states[name] = LayerState(pl.row_bounds, wn, (pl.unit * g_max).astype(np.float32),
                                       _expand_cols(alpha, pl.col_bounds).astype(np.float32), alpha)
         return ChipState(self, float(t_s), states)
@@ -124,10 +124,15 @@ class ChipState:
     layers: dict                    # name -> LayerState
 
 
+def normalized_weights(g_pos: np.ndarray, g_neg: np.ndarray, g_max_us: float) -> np.ndarray:
+    """The array's weights in normalized units, (G+ - G-) / g_max, float32."""
+    return ((g_pos - g_neg) / g_max_us).astype(np.float32)
+
+
 def _block_scales(w: np.ndarray, g_max_us: float, per_column: bool) -> np.ndarray:
     """scale = g_max / max|W_block| (DESIGN 4), per array or per column; zero blocks get 1."""
     m = np.abs(w).max(axis=0) if per_column else np.full(w.shape[1], np.abs(w).max() if w.size else 0.0)
-    return np.where(m > 0, g_max_us / np.where(m > 0, m, 1.0), 1.0)
+    return np.divide(g_max_us, m, out=np.ones_like(m, dtype=np.float64), where=m > 0)
 
 
 def _expand_cols(per_array: np.ndarray, col_bounds) -> np.ndarray:
@@ -169,7 +174,7 @@ def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Conver
     g_neg = model.program(gt_neg, rng)
     nu_pos = model.drift_exponents(gt_pos, rng)         # (D1)
     nu_neg = model.drift_exponents(gt_neg, rng)
-    wn0 = ((g_pos - g_neg) / model.g_max_us).astype(np.float32)
+    wn0 = normalized_weights(g_pos, g_neg, model.g_max_us)
     baseline = _gdc_readout(wn0, row_bounds, col_bounds, conv)
     return ProgrammedLayer(lm.name, row_bounds, col_bounds, unit, g_pos, g_neg, nu_pos, nu_neg,
                            baseline)
@@ -330,9 +335,8 @@ def adabs(state: ChipState, calib: Dataset, *, gdc: bool = True, batch_size: int
         acc[0] = acc[0] + mean
         acc[1] = acc[1] + var * count / max(count - 1, 1)
         acc[2] += 1
-        scale = params[f"{layer.name}.weight"] / np.sqrt(var + layer.eps)
-        offset = params[f"{layer.name}.bias"] - mean * scale
-        return (a * scale.astype(np.float32) + offset.astype(np.float32)).astype(np.float32)
+        scale, offset = batchnorm_affine(params, layer.name, layer.eps, mean, var)
+        return (a * scale + offset).astype(np.float32)
 
     ws = Workspace()
     for xb, _ in calib.batches(batch_size):
@@ -342,10 +346,8 @@ def adabs(state: ChipState, calib: Dataset, *, gdc: bool = True, batch_size: int
         if layer.kind != "batchnorm":
             continue
         s_mean, s_var, nbat = sums[layer.name]
-        mean, var = s_mean / max(nbat, 1), s_var / max(nbat, 1)
-        scale = params[f"{layer.name}.weight"] / np.sqrt(var + layer.eps)
-        offset = params[f"{layer.name}.bias"] - mean * scale
-        out[layer.name] = (scale.astype(np.float32), offset.astype(np.float32))
+        out[layer.name] = batchnorm_affine(params, layer.name, layer.eps, s_mean / max(nbat, 1),
+                                           s_var / max(nbat, 1))
     return BatchNormStats(out)
 
 

@@ -247,11 +247,15 @@ def shortcut_a(x: np.ndarray, out_channels: int) -> np.ndarray:
     return np.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
 
 
-def batchnorm_affine(params: Mapping[str, np.ndarray], name: str, eps: float
+def batchnorm_affine(params: Mapping[str, np.ndarray], name: str, eps: float,
+                     mean: np.ndarray | None = None, var: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode BatchNorm as the per-channel affine y = x * scale + offset."""
-    scale = params[f"{name}.weight"] / np.sqrt(params[f"{name}.running_var"] + eps)
-    offset = params[f"{name}.bias"] - params[f"{name}.running_mean"] * scale
+    """BatchNorm as the per-channel affine y = x * scale + offset (float32), from the running
+    statistics in ``params`` or from the given ``mean`` and ``var`` (e.g. re-estimated ones)."""
+    mean = params[f"{name}.running_mean"] if mean is None else mean
+    var = params[f"{name}.running_var"] if var is None else var
+    scale = params[f"{name}.weight"] / np.sqrt(var + eps)
+    offset = params[f"{name}.bias"] - mean * scale
     return scale.astype(np.float32), offset.astype(np.float32)
 
 

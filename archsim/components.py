@@ -1,5 +1,8 @@
-"""Hardware component models: per-action energy and latency, area and leakage of every component
-of a chip, each figure with the place it came from.
+"""Hardware component models: one object per hardware part, answering per action its energy and its
+latency (each with its source), plus its area and leakage power.
+
+The timing simulation asks these objects for latencies (:mod:`archsim.timing`), the accounting for
+energies (:mod:`archsim.accounting`): one model of each part for time and energy.
 
 A figure comes from the chip YAML when the field is set there (the source is the file, line and the
 ``# source:`` comment of that line), else from the default table below, scaled from the node it was
@@ -9,47 +12,63 @@ published at to the chip's ``technology_nm``:
   the factor 0.14 of DESIGN.md section 9 (Horowitz ISSCC 2014 scaled);
 - area scales as (node / ref_node) ** 2.
 
-Actions (what the timing simulation counts, whole run) per component, and what one count means:
+Parts and their actions (what the timing simulation counts) and what one count means:
 
-====================  =====================================================================
-``pcm_array.mvm``     one MVM on one array (energy here: every device conducting; the accounting
-                      scales it by the mapped share of the array's devices)
-``dac.drive``         one row driven for one MVM (all its PWM phases / bit-serial steps)
-``adc.conversion``    one column converted once (an MVM converts each column once per PWM phase
-                      or bit-serial step: weight columns x steps)
-``affine.op``         one column output scaled and offset (per-column affine, BatchNorm)
-``tile_buffer.byte``  one byte read or written in a tile buffer
-``digital_mac.mac``   one FP32 multiply-accumulate in a digital unit
-``sram.byte``         one byte read or written in a digital unit's SRAM
+=====================  ===================================================================
+``pcm_array.mvm``      one MVM on one array (energy here: every device conducting; the accounting
+                       scales it by the mapped share of the array's devices)
+``dac.drive``          one row driven for one MVM (all its PWM phases / bit-serial steps)
+``adc.conversion``     one column converted once (an MVM converts each column once per PWM phase
+                       or bit-serial step: weight columns x steps)
+``affine.op``          one column output scaled and offset (per-column affine, BatchNorm)
+``tile_buffer.byte``   one byte read or written in a tile buffer
+``digital_mac.mac``    one FP32 multiply-accumulate in a digital unit
+``sram.byte``          one byte read or written in a digital unit's SRAM
 ``interconnect.byte_hop``  one byte moved over one mesh hop
-``accumulator.add``   one digital addition (row-block partial sums, residual adds, pooling), in a
-                      tile or next to a digital unit
-====================  =====================================================================
+``accumulator.add``    one digital addition (row-block partial sums, residual adds, pooling), in a
+                       tile or next to a digital unit
+=====================  ===================================================================
 
 ``pcm_array.mvm`` and ``dac.drive`` are counted once per MVM whatever the number of PWM phases
 (bit-serial steps): their energy carries the steps; ``adc.conversion`` is counted per step. The
 analog path is thereby time-proportional, as measured on HERMES (the same ~6.5 W whether an MVM
 takes one phase or four): the array energy is V_read^2 x G x the integration time (all phases),
 the DAC energy is per row per step, the ADC energy per conversion (one column, one step), and
-tile periphery leakage is power x simulated time.
+tile periphery leakage is power x time.
+
+Latencies (what :mod:`archsim.timing` reads): the DAC's integration step (PWM: (2^(bits-1) - 1) x
+t_lsb; bit-serial: one array read) and its number of steps, computed once in :class:`DacBank`; the
+ADC bank's conversion time and sharing (``ceil(columns / ADCs)`` conversions in sequence); buffer,
+SRAM and link bandwidths in bytes per cycle; the affine and vector lanes; the systolic array's
+SCALE-Sim cycle counts; the interconnect's hop latency.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .config import ChipConfig
 from .errors import ConfigError
 
 ENERGY_NODE_EXPONENT = math.log(0.14) / math.log(14 / 45)    # ~1.68
+FP32_BYTES = 4
 
 ACTIONS = ("pcm_array.mvm", "dac.drive", "adc.conversion", "affine.op", "tile_buffer.byte",
            "digital_mac.mac", "sram.byte", "interconnect.byte_hop", "accumulator.add")
 
 # The parts of one tile (a HERMES "core"): what the per-tile area roll-up sums.
 TILE_PARTS = ("pcm_array", "dac", "adc", "affine", "tile_buffer")
+# Everything whose leakage belongs to a tile (power gating switches these off together).
+TILE_LEAKERS = (*TILE_PARTS, "tile_periphery")
+
+
+def ns_to_cycles(ns: float, clock_ns: float) -> int:
+    """Whole cycles covering ``ns`` (a sub-cycle duration still takes one cycle)."""
+    if ns <= 0:
+        return 0
+    return max(1, math.ceil(ns / clock_ns - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -148,9 +167,14 @@ def adc_energy_default(bits: int, yaml_path: str = "chip.tiles.adc.energy_pj",
                                         "(interpolated from 6 b 0.23 / 8 b 0.36 / 10 b 0.7 pJ)")
 
 
+# --------------------------------------------------------------------------------------------
+# Resolved figures: what the accounting and the report read
+# --------------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Component:
-    """One kind of hardware block: ``count`` copies on the chip, each with this area and leakage."""
+    """One kind of hardware block with resolved figures: ``count`` copies on the chip, each with
+    this area and leakage, and per action its energy and latency."""
     name: str
     count: int
     area_um2: Figure                                     # each
@@ -168,175 +192,509 @@ class Component:
         return self.count * self.leakage_mw.value
 
 
-def _pick(chip: ChipConfig, yaml_path: str, value: float | None, default: Figure) -> Figure:
-    if value is None:
-        return default
-    return Figure(float(value), chip.source_of(yaml_path) or f"{chip.file}: {yaml_path}")
+@dataclass(frozen=True)
+class Action:
+    """The cost of one action of a part: its latency, and its energy (resolved on demand: a figure
+    without a default raises ConfigError only when the energy is asked for, never for timing)."""
+    latency_ns: Figure
+    energy: Callable[[], Figure] = field(repr=False, compare=False)
+
+    @property
+    def energy_pj(self) -> Figure:
+        return self.energy()
 
 
-def _given(chip: ChipConfig, yaml_path: str, value: float) -> Figure:
-    return Figure(float(value), chip.source_of(yaml_path) or f"default of {yaml_path}")
+# --------------------------------------------------------------------------------------------
+# The parts
+# --------------------------------------------------------------------------------------------
+
+class Part:
+    """One kind of hardware part: ``count`` copies on the chip (``per_tile`` of them in each tile),
+    one method per action returning an :class:`Action`, plus area and leakage power (each copy)."""
+    name = "part"
+    actions: tuple[str, ...] = ()
+
+    def __init__(self, chip: ChipConfig, count: int, per_tile: int = 0):
+        self.chip = chip
+        self.node = chip.chip.technology_nm
+        self.clock_ns = chip.chip.clock_ns
+        self.count = count
+        self.per_tile = per_tile
+
+    def action(self, name: str) -> Action:
+        return getattr(self, name)()
+
+    def area_um2(self) -> Figure:
+        raise NotImplementedError
+
+    def leakage_mw(self) -> Figure:
+        raise NotImplementedError
+
+    def resolved(self) -> Component:
+        """Every figure resolved (raises ConfigError, naming the YAML path, for one without a
+        default)."""
+        acts = {a: self.action(a) for a in self.actions}
+        return Component(self.name, self.count, self.area_um2(), self.leakage_mw(),
+                         {a: act.energy_pj for a, act in acts.items()},
+                         {a: act.latency_ns for a, act in acts.items()}, per_tile=self.per_tile)
+
+    # helpers
+    def _yaml(self, yaml_path: str, value: float | None, default: Callable[[], Figure]) -> Figure:
+        """The YAML figure when given, else the default (built only when needed)."""
+        if value is None:
+            return default()
+        return Figure(float(value), self.chip.source_of(yaml_path) or f"{self.chip.file}: {yaml_path}")
+
+    def _given(self, yaml_path: str, value: float) -> Figure:
+        return Figure(float(value), self.chip.source_of(yaml_path) or f"default of {yaml_path}")
+
+    def _clock(self, note: str) -> Figure:
+        return Figure(self.clock_ns, note)
+
+    def _fp32_mac(self) -> Figure:
+        node = self.node
+        return Figure(DEFAULTS["fp32_mult_pj"].at(node).value + DEFAULTS["fp32_add_pj"].at(node).value,
+                      "default: FP32 mult 3.7 + add 0.9 pJ, " + HOROWITZ +
+                      f", scaled 45->{node:g} nm x{(node / 45) ** ENERGY_NODE_EXPONENT:.3g}")
+
+
+class DacBank(Part):
+    """The PWM (or bit-serial) row drivers of a tile, one per array row. Owns the integration
+    window: ``steps`` input steps (PWM phases, or input bits when bit-serial) of ``step_ns`` each."""
+    name = "dac"
+    actions = ("drive",)
+
+    def __init__(self, chip: ChipConfig, count: int, per_tile: int):
+        super().__init__(chip, count, per_tile)
+        t = chip.chip.tiles
+        self.cfg = t.dac
+        self.pwm = t.dac.encoding == "pwm"
+        self.steps = t.dac.phases if self.pwm else t.dac.bits
+        if self.pwm:
+            self.step = Figure((2 ** (t.dac.bits - 1) - 1) * t.dac.t_lsb_ns,
+                               f"derived: PWM (2^({t.dac.bits}-1) - 1) x t_lsb "
+                               f"{t.dac.t_lsb_ns:g} ns (chip.tiles.dac)")
+        else:
+            self.step = Figure(t.array.read_time_ns, "chip.tiles.array.read_time_ns "
+                                                     "(one bit-serial read)")
+
+    @property
+    def step_label(self) -> str:
+        return "phases" if self.pwm else "bit-serial steps"
+
+    @property
+    def integration_ns(self) -> float:
+        """One MVM's whole input phase: steps x step."""
+        return self.steps * self.step.value
+
+    def step_cycles(self) -> int:
+        """Cycles of one integration step."""
+        return ns_to_cycles(self.step.value, self.clock_ns)
+
+    def drive(self) -> Action:
+        def energy() -> Figure:
+            row = self._yaml("chip.tiles.dac.energy_pj_per_row", self.cfg.energy_pj_per_row,
+                             lambda: DEFAULTS["dac_pj_per_row"].at(self.node))
+            return Figure(row.value * self.steps, f"{row.source} x {self.steps} {self.step_label}")
+        return Action(Figure(self.integration_ns, f"derived: {self.steps} x {self.step.source}"),
+                      energy)
+
+    def area_um2(self) -> Figure:
+        return self._yaml("chip.tiles.dac.area_um2_per_row", self.cfg.area_um2_per_row,
+                          lambda: DEFAULTS["dac_area_um2_per_row"].at(self.node))
+
+    def leakage_mw(self) -> Figure:
+        return Figure(0.0, "included in tile leakage")
+
+
+class PcmArray(Part):
+    """One crossbar array of PCM devices; an MVM conducts for the DAC's integration window."""
+    name = "pcm_array"
+    actions = ("mvm",)
+
+    def __init__(self, chip: ChipConfig, count: int, per_tile: int, dac: DacBank):
+        super().__init__(chip, count, per_tile)
+        self.cfg = chip.chip.tiles.array
+        self.dac = dac
+        a = self.cfg
+        self.devices = a.rows * a.cols * (a.devices_per_weight if a.pair_layout == "unit-cell" else 1)
+
+    def mvm(self) -> Action:
+        c = self.chip.chip
+        t_int = self.dac.integration_ns
+
+        def energy() -> Figure:
+            # devices x V^2 x mean G (g_max/4) x mean pulse (half the PWM window): the array
+            # conducts for the integration time, so its energy is proportional to it (phases too)
+            if self.cfg.energy_fj_per_device_read is None:
+                g_mean_s = c.device.g_max_us * 1e-6 / 4
+                per_device_fj = c.device.read_voltage_v ** 2 * g_mean_s * (t_int / 2) * 1e-9 * 1e15
+                read = Figure(per_device_fj,
+                              f"derived: V_read^2 ({c.device.read_voltage_v:g} V) x g_max/4 "
+                              f"({c.device.g_max_us:g}/4 uS) x half the {t_int:g} ns integration "
+                              "window, per device")
+            else:
+                given = self._yaml("chip.tiles.array.energy_fj_per_device_read",
+                                   self.cfg.energy_fj_per_device_read, lambda: Figure(0.0, ""))
+                read = Figure(given.value * self.dac.steps,
+                              f"{given.source} x {self.dac.steps} {self.dac.step_label}")
+            return Figure(read.value * self.devices / 1000,
+                          f"{self.devices} devices x {read.value:.4g} fJ ({read.source})")
+        return Action(Figure(t_int, "derived: integration time (chip.tiles.dac)"), energy)
+
+    def area_um2(self) -> Figure:
+        return self._yaml("chip.tiles.array.area_um2", self.cfg.area_um2,
+                          lambda: DEFAULTS["pcm_cell_area_um2"].at(
+                              self.node, self.devices, f" x {self.devices} devices"))
+
+    def leakage_mw(self) -> Figure:
+        return Figure(0.0, "PCM devices do not leak")
+
+
+class AdcBank(Part):
+    """The ADCs of a tile (``per_tile`` of them), shared among the converted columns."""
+    name = "adc"
+    actions = ("conversion",)
+
+    def __init__(self, chip: ChipConfig, count: int, per_tile: int):
+        super().__init__(chip, count, per_tile)
+        self.cfg = chip.chip.tiles.adc
+
+    def conversion(self) -> Action:
+        def energy() -> Figure:
+            if self.cfg.energy_pj is not None:
+                return self._given("chip.tiles.adc.energy_pj", self.cfg.energy_pj)
+            if self.count == 0:
+                return Figure(0.0, "no analog tiles (chip.tiles.count: 0)")
+            return adc_energy_default(self.cfg.bits, "chip.tiles.adc.energy_pj",
+                                      self.chip.file).at(self.node)
+        return Action(self._given("chip.tiles.adc.conversion_ns", self.cfg.conversion_ns), energy)
+
+    def convert_cycles(self, columns: int) -> int:
+        """Cycles to convert ``columns`` columns once: ceil(columns / ADCs) conversions in turn."""
+        return math.ceil(columns / self.per_tile) * ns_to_cycles(self.cfg.conversion_ns,
+                                                                self.clock_ns)
+
+    def area_um2(self) -> Figure:
+        return self._yaml("chip.tiles.adc.area_um2", self.cfg.area_um2,
+                          lambda: DEFAULTS["adc_area_um2"].at(self.node))
+
+    def leakage_mw(self) -> Figure:
+        return DEFAULTS["adc_leak_mw"].at(self.node)
+
+
+class AffineUnit(Part):
+    """The per-column scale + offset (BatchNorm) lanes of a tile after its ADCs."""
+    name = "affine"
+    actions = ("op",)
+
+    def __init__(self, chip: ChipConfig, count: int, per_tile: int):
+        super().__init__(chip, count, per_tile)
+        self.cfg = chip.chip.tiles.affine
+        self.lanes = self.cfg.lanes
+
+    def op(self) -> Action:
+        return Action(self._clock("one clock per lane operation"),
+                      lambda: self._yaml("chip.tiles.affine.energy_pj_per_op",
+                                         self.cfg.energy_pj_per_op, self._fp32_mac))
+
+    def cycles(self, columns: int) -> int:
+        return math.ceil(columns / self.lanes)
+
+    def area_um2(self) -> Figure:
+        return self._yaml("chip.tiles.affine.area_um2", self.cfg.area_um2,
+                          lambda: DEFAULTS["mac_area_um2"].at(self.node, self.lanes,
+                                                              f" x {self.lanes} lanes"))
+
+    def leakage_mw(self) -> Figure:
+        return Figure(0.0, "included in tile leakage")
+
+
+class TileBuffer(Part):
+    """A tile's SRAM buffer: input rows, partial sums, output rows."""
+    name = "tile_buffer"
+    actions = ("byte",)
+
+    def __init__(self, chip: ChipConfig, count: int, per_tile: int):
+        super().__init__(chip, count, per_tile)
+        self.cfg = chip.chip.tiles.buffer
+        self.capacity_bytes = self.cfg.kib * 1024
+
+    def byte(self) -> Action:
+        return Action(Figure(self.clock_ns / self.cfg.bytes_per_cycle,
+                             "1 / chip.tiles.buffer.bytes_per_cycle"),
+                      lambda: self._yaml("chip.tiles.buffer.energy_pj_per_byte",
+                                         self.cfg.energy_pj_per_byte,
+                                         lambda: sram_energy_default(self.cfg.kib).at(self.node)))
+
+    def transfer_cycles(self, nbytes: int) -> int:
+        """Cycles to read or write ``nbytes`` through the buffer port."""
+        return math.ceil(nbytes / self.cfg.bytes_per_cycle)
+
+    def area_um2(self) -> Figure:
+        kib = self.cfg.kib
+        return self._yaml("chip.tiles.buffer.area_um2", self.cfg.area_um2,
+                          lambda: DEFAULTS["sram_area_um2_per_kib"].at(self.node, kib,
+                                                                       f" x {kib:g} KiB"))
+
+    def leakage_mw(self) -> Figure:
+        kib = self.cfg.kib
+        return DEFAULTS["sram_leak_mw_per_kib"].at(self.node, kib, f" x {kib:g} KiB")
+
+
+class TilePeriphery(Part):
+    """A tile's control, clocking and I/O: a leakage entry only."""
+    name = "tile_periphery"
+    actions = ()
+
+    def area_um2(self) -> Figure:
+        return Figure(0.0, "counted in its parts")
+
+    def leakage_mw(self) -> Figure:
+        t = self.chip.chip.tiles
+        return self._yaml("chip.tiles.leakage_mw", t.leakage_mw,
+                          lambda: DEFAULTS["tile_leak_mw"].at(self.node))
+
+
+class VectorUnit(Part):
+    """Digital adders next to the data (``affine.lanes`` lanes, in each tile and beside the
+    digital units): row-block partial sums, residual adds, pooling."""
+    name = "accumulator"
+    actions = ("add",)
+
+    def __init__(self, chip: ChipConfig, count: int):
+        super().__init__(chip, count)
+        self.lanes = chip.chip.tiles.affine.lanes
+
+    def add(self) -> Action:
+        return Action(self._clock("one clock per lane operation"),
+                      lambda: DEFAULTS["fp32_add_pj"].at(self.node))
+
+    def cycles(self, ops: int) -> int:
+        return math.ceil(ops / self.lanes)
+
+    def area_um2(self) -> Figure:
+        return Figure(0.0, "part of the affine unit")
+
+    def leakage_mw(self) -> Figure:
+        return Figure(0.0, "included in tile leakage")
+
+
+class SystolicArray(Part):
+    """The FP32 processing elements of the digital units (``units`` R x C systolic arrays)."""
+    name = "digital_mac"
+    actions = ("mac",)
+
+    def __init__(self, chip: ChipConfig, count: int):
+        super().__init__(chip, count)
+        self.cfg = chip.chip.digital
+        s = self.cfg.systolic
+        self.rows, self.cols, self.dataflow, self.units = s.rows, s.cols, s.dataflow, self.cfg.units
+
+    def mac(self) -> Action:
+        return Action(self._clock("one MAC per PE per clock"),
+                      lambda: self._yaml("chip.digital.mac_energy_pj", self.cfg.mac_energy_pj,
+                                         self._fp32_mac))
+
+    def gemm_cycles(self, m: int, k: int, n: int) -> int:
+        return systolic_cycles(m, k, n, self.rows, self.cols, self.dataflow, self.units)
+
+    def gemm_sram_bytes(self, m: int, k: int, n: int) -> int:
+        return systolic_sram_bytes(m, k, n, self.rows, self.cols, self.dataflow)
+
+    def area_um2(self) -> Figure:
+        return self._yaml("chip.digital.mac_area_um2", self.cfg.mac_area_um2,
+                          lambda: DEFAULTS["mac_area_um2"].at(self.node))
+
+    def leakage_mw(self) -> Figure:
+        return Figure(0.0, "included in unit leakage")
+
+
+class DigitalUnitControl(Part):
+    """A digital unit's control and sequencing: a leakage entry only."""
+    name = "digital_unit"
+    actions = ()
+
+    def area_um2(self) -> Figure:
+        return Figure(0.0, "counted in its parts")
+
+    def leakage_mw(self) -> Figure:
+        d = self.chip.chip.digital
+        return self._yaml("chip.digital.leakage_mw", d.leakage_mw,
+                          lambda: DEFAULTS["unit_leak_mw"].at(self.node))
+
+
+class DigitalSram(Part):
+    """The SRAM of each digital unit: weights of the digital layers and their activations."""
+    name = "sram"
+    actions = ("byte",)
+
+    def __init__(self, chip: ChipConfig, count: int):
+        super().__init__(chip, count)
+        self.cfg = chip.chip.digital.sram
+        self.capacity_bytes = self.cfg.kib * 1024 * count        # all units together
+
+    def byte(self) -> Action:
+        return Action(Figure(self.clock_ns / self.cfg.bytes_per_cycle,
+                             "1 / chip.digital.sram.bytes_per_cycle"),
+                      lambda: self._yaml("chip.digital.sram.energy_pj_per_byte",
+                                         self.cfg.energy_pj_per_byte,
+                                         lambda: sram_energy_default(self.cfg.kib).at(self.node)))
+
+    def transfer_cycles(self, nbytes: int) -> int:
+        """Cycles to move ``nbytes`` through the ports of all units' SRAMs together."""
+        return math.ceil(nbytes / (max(self.count, 1) * self.cfg.bytes_per_cycle))
+
+    def area_um2(self) -> Figure:
+        per_kib = self._yaml("chip.digital.sram.area_um2_per_kib", self.cfg.area_um2_per_kib,
+                             lambda: DEFAULTS["sram_area_um2_per_kib"].at(self.node))
+        return Figure(per_kib.value * self.cfg.kib, f"{self.cfg.kib:g} KiB x {per_kib.source}")
+
+    def leakage_mw(self) -> Figure:
+        kib = self.cfg.kib
+        return DEFAULTS["sram_leak_mw_per_kib"].at(self.node, kib, f" x {kib:g} KiB")
+
+
+class Router(Part):
+    """One mesh router and its links per tile and per digital unit."""
+    name = "interconnect"
+    actions = ("byte_hop",)
+
+    def __init__(self, chip: ChipConfig, count: int):
+        super().__init__(chip, count)
+        self.cfg = chip.chip.interconnect
+        self.bytes_per_cycle = self.cfg.bytes_per_cycle
+        self.hop_latency_cycles = self.cfg.hop_latency_cycles
+
+    def byte_hop(self) -> Action:
+        ic = self.cfg
+
+        def energy() -> Figure:
+            wire = DEFAULTS["wire_pj_per_bit_mm"]
+            if ic.energy_pj_per_byte_hop is None and ic.hop_length_mm == 0:
+                raise ConfigError(self.chip.file, "chip.interconnect.energy_pj_per_byte_hop",
+                                  "no default with chip.interconnect.hop_length_mm: 0 (the default "
+                                  "is derived from the wire length per hop); set it")
+            return self._yaml("chip.interconnect.energy_pj_per_byte_hop", ic.energy_pj_per_byte_hop,
+                              lambda: Figure(wire.value * 8 * ic.hop_length_mm,
+                                             f"derived: {wire.source} x 8 bit x "
+                                             f"{ic.hop_length_mm:g} mm/hop"))
+        return Action(Figure(self.clock_ns * ic.hop_latency_cycles,
+                             "chip.interconnect.hop_latency_cycles"), energy)
+
+    def serialization_cycles(self, nbytes: int) -> int:
+        """Cycles a transfer of ``nbytes`` holds each link of its route."""
+        return math.ceil(nbytes / self.bytes_per_cycle)
+
+    def area_um2(self) -> Figure:
+        return self._yaml("chip.interconnect.area_um2_per_router", self.cfg.area_um2_per_router,
+                          lambda: DEFAULTS["router_area_um2"].at(self.node))
+
+    def leakage_mw(self) -> Figure:
+        return Figure(0.0, "assumed 0")
+
+
+# --------------------------------------------------------------------------------------------
+# Closed forms the systolic array answers with (SCALE-Sim analytical model)
+# --------------------------------------------------------------------------------------------
+
+def systolic_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str,
+                    units: int = 1) -> int:
+    """Compute cycles of an (M x K) @ (K x N) GEMM on ``units`` R x C arrays (SCALE-Sim analytical
+    model, Samajdar et al. ISPASS 2020, Sec. IV): ceil(folds / units) x (2R + C + T - 2)."""
+    s_r, s_c, t = {"os": (m, n, k), "ws": (k, n, m), "is": (k, m, n)}[dataflow]
+    folds = math.ceil(s_r / rows) * math.ceil(s_c / cols)
+    return math.ceil(folds / max(units, 1)) * (2 * rows + cols + t - 2)
+
+
+def systolic_sram_bytes(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> int:
+    """FP32 bytes read and written in SRAM by the GEMM (operands re-read once per fold that needs
+    them, partial sums written once per reduction fold)."""
+    ifmap, weights, ofmap = m * k, k * n, m * n
+    if dataflow == "ws":
+        words = ifmap * math.ceil(n / cols) + weights + ofmap * math.ceil(k / rows)
+    elif dataflow == "os":
+        words = ifmap * math.ceil(n / cols) + weights * math.ceil(m / rows) + ofmap
+    else:
+        words = ifmap + weights * math.ceil(m / cols) + ofmap * math.ceil(k / rows)
+    return words * FP32_BYTES
+
+
+# --------------------------------------------------------------------------------------------
+# The chip's parts
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TileParts:
+    """The parts of one tile, as the timing model reads them."""
+    array: PcmArray
+    dac: DacBank
+    adc: AdcBank
+    affine: AffineUnit
+    buffer: TileBuffer
+    periphery: TilePeriphery
+    vector: VectorUnit
+
+
+def chip_parts(chip: ChipConfig) -> dict[str, Part]:
+    """Every part of the chip (figures resolved on demand; building never raises)."""
+    c = chip.chip
+    t = c.tiles
+    d = c.digital
+    n_tiles = t.count
+    dac = DacBank(chip, n_tiles * t.array.rows, t.array.rows)
+    parts: list[Part] = [
+        PcmArray(chip, n_tiles * t.arrays_per_tile, t.arrays_per_tile, dac),
+        dac,
+        AdcBank(chip, n_tiles * t.adc.per_tile, t.adc.per_tile),
+        AffineUnit(chip, n_tiles, 1),
+        TileBuffer(chip, n_tiles, 1),
+        TilePeriphery(chip, n_tiles, 1),
+        VectorUnit(chip, n_tiles + d.units),
+        SystolicArray(chip, d.units * d.systolic.rows * d.systolic.cols),
+        DigitalUnitControl(chip, d.units),
+        DigitalSram(chip, d.units),
+        Router(chip, n_tiles + d.units),
+    ]
+    return {p.name: p for p in parts}
+
+
+def tile_parts(chip: ChipConfig, parts: Mapping[str, Part] | None = None) -> TileParts:
+    p = parts if parts is not None else chip_parts(chip)
+    return TileParts(p["pcm_array"], p["dac"], p["adc"], p["affine"], p["tile_buffer"],
+                     p["tile_periphery"], p["accumulator"])
+
+
+def chip_components(chip: ChipConfig) -> dict[str, Component]:
+    """Every component of the chip with resolved figures (YAML first, else scaled defaults).
+    Raises ConfigError (naming the YAML path) for a figure that has no default."""
+    return {name: part.resolved() for name, part in chip_parts(chip).items()}
 
 
 def integration_time_ns(chip: ChipConfig) -> float:
     """Duration of one MVM's input phase: PWM phases x (2^(bits-1) - 1) x t_lsb, or bits x read."""
-    t = chip.chip.tiles
-    if t.dac.encoding == "pwm":
-        return t.dac.phases * (2 ** (t.dac.bits - 1) - 1) * t.dac.t_lsb_ns
-    return t.dac.bits * t.array.read_time_ns
+    return chip_parts(chip)["dac"].integration_ns
 
 
 def passes(chip: ChipConfig) -> int:
     """Array read passes per MVM: the PWM phases, or one per input bit when bit-serial."""
-    dac = chip.chip.tiles.dac
-    return dac.phases if dac.encoding == "pwm" else dac.bits
+    return chip_parts(chip)["dac"].steps
 
 
 def devices_per_array(chip: ChipConfig) -> int:
-    a = chip.chip.tiles.array
-    return a.rows * a.cols * (a.devices_per_weight if a.pair_layout == "unit-cell" else 1)
+    return chip_parts(chip)["pcm_array"].devices
 
 
 def full_mvm_actions(chip: ChipConfig) -> dict[str, int]:
     """Action counts of one full-size MVM on one array (every row driven, every weight column
-    converted once per step and scaled, inputs read from and outputs written to the tile buffer at the DAC/ADC
-    width): what :func:`archsim.accounting.peak_efficiency` charges per MVM."""
+    converted once per step and scaled, inputs read from and outputs written to the tile buffer at
+    the DAC/ADC width): what :func:`archsim.accounting.peak_efficiency` charges per MVM."""
     t = chip.chip.tiles
     cols = t.array.weight_cols
     return {"pcm_array.mvm": 1, "dac.drive": t.array.rows, "adc.conversion": cols * passes(chip),
             "affine.op": cols,
             "tile_buffer.byte": t.array.rows * math.ceil(t.dac.bits / 8)
             + cols * math.ceil(t.adc.bits / 8)}
-
-
-def chip_components(chip: ChipConfig) -> dict[str, Component]:
-    """Every component of the chip with resolved figures (YAML first, else scaled defaults).
-    Raises ConfigError (naming the YAML path) for a figure that has no default."""
-    c = chip.chip
-    t = c.tiles
-    node = c.technology_nm
-    n_tiles = t.count
-    n_arrays = t.count * t.arrays_per_tile
-    p = "chip.tiles"
-    k = passes(chip)
-    per_pass = f" x {k} {'phases' if t.dac.encoding == 'pwm' else 'bit-serial steps'}"
-    fp32_mac = Figure(DEFAULTS["fp32_mult_pj"].at(node).value + DEFAULTS["fp32_add_pj"].at(node).value,
-                      "default: FP32 mult 3.7 + add 0.9 pJ, " + HOROWITZ +
-                      f", scaled 45->{node:g} nm x{(node / 45) ** ENERGY_NODE_EXPONENT:.3g}")
-    t_int = integration_time_ns(chip)
-
-    # PCM array: devices x V^2 x mean G (g_max/4) x mean pulse (half the PWM window): the array
-    # conducts for the integration time, so its energy is proportional to it (phases included).
-    devices = devices_per_array(chip)
-    if t.array.energy_fj_per_device_read is None:
-        g_mean_s = c.device.g_max_us * 1e-6 / 4
-        per_device_fj = c.device.read_voltage_v ** 2 * g_mean_s * (t_int / 2) * 1e-9 * 1e15
-        device_read = Figure(per_device_fj,
-                             f"derived: V_read^2 ({c.device.read_voltage_v:g} V) x g_max/4 "
-                             f"({c.device.g_max_us:g}/4 uS) x half the {t_int:g} ns integration "
-                             "window, per device")
-    else:
-        given = _pick(chip, f"{p}.array.energy_fj_per_device_read",
-                      t.array.energy_fj_per_device_read, Figure(0.0, ""))
-        device_read = Figure(given.value * k, f"{given.source}{per_pass}")
-    array_area = _pick(chip, f"{p}.array.area_um2", t.array.area_um2,
-                       DEFAULTS["pcm_cell_area_um2"].at(node, devices, f" x {devices} devices"))
-
-    dac_row = _pick(chip, f"{p}.dac.energy_pj_per_row", t.dac.energy_pj_per_row,
-                    DEFAULTS["dac_pj_per_row"].at(node))
-    if t.adc.energy_pj is not None:
-        adc_conv = _given(chip, f"{p}.adc.energy_pj", t.adc.energy_pj)
-    elif n_tiles == 0:
-        adc_conv = Figure(0.0, "no analog tiles (chip.tiles.count: 0)")
-    else:
-        adc_conv = adc_energy_default(t.adc.bits, f"{p}.adc.energy_pj", chip.file).at(node)
-    buffer_byte = _pick(chip, f"{p}.buffer.energy_pj_per_byte", t.buffer.energy_pj_per_byte,
-                        sram_energy_default(t.buffer.kib).at(node))
-    comps = {
-        "pcm_array": Component(
-            "pcm_array", n_arrays, array_area, Figure(0.0, "PCM devices do not leak"),
-            {"mvm": Figure(device_read.value * devices / 1000,
-                           f"{devices} devices x {device_read.value:.4g} fJ ({device_read.source})")},
-            {"mvm": Figure(t_int, "derived: integration time (chip.tiles.dac)")},
-            per_tile=t.arrays_per_tile),
-        "dac": Component(
-            "dac", n_tiles * t.array.rows,
-            _pick(chip, f"{p}.dac.area_um2_per_row", t.dac.area_um2_per_row,
-                  DEFAULTS["dac_area_um2_per_row"].at(node)),
-            Figure(0.0, "included in tile leakage"),
-            {"drive": Figure(dac_row.value * k, f"{dac_row.source}{per_pass}")},
-            {"drive": Figure(t_int, "derived: integration time")},
-            per_tile=t.array.rows),
-        "adc": Component(
-            "adc", n_tiles * t.adc.per_tile,
-            _pick(chip, f"{p}.adc.area_um2", t.adc.area_um2, DEFAULTS["adc_area_um2"].at(node)),
-            DEFAULTS["adc_leak_mw"].at(node),
-            {"conversion": adc_conv},
-            {"conversion": _given(chip, f"{p}.adc.conversion_ns", t.adc.conversion_ns)},
-            per_tile=t.adc.per_tile),
-        "affine": Component(
-            "affine", n_tiles,
-            _pick(chip, f"{p}.affine.area_um2", t.affine.area_um2,
-                  DEFAULTS["mac_area_um2"].at(node, t.affine.lanes, f" x {t.affine.lanes} lanes")),
-            Figure(0.0, "included in tile leakage"),
-            {"op": _pick(chip, f"{p}.affine.energy_pj_per_op", t.affine.energy_pj_per_op, fp32_mac)},
-            {"op": Figure(c.clock_ns, "one clock per lane operation")},
-            per_tile=1),
-        "tile_buffer": Component(
-            "tile_buffer", n_tiles,
-            _pick(chip, f"{p}.buffer.area_um2", t.buffer.area_um2,
-                  DEFAULTS["sram_area_um2_per_kib"].at(node, t.buffer.kib, f" x {t.buffer.kib:g} KiB")),
-            DEFAULTS["sram_leak_mw_per_kib"].at(node, t.buffer.kib, f" x {t.buffer.kib:g} KiB"),
-            {"byte": buffer_byte},
-            {"byte": Figure(c.clock_ns / t.buffer.bytes_per_cycle, "1 / chip.tiles.buffer.bytes_per_cycle")},
-            per_tile=1),
-        "tile_periphery": Component(
-            "tile_periphery", n_tiles, Figure(0.0, "counted in its parts"),
-            _pick(chip, f"{p}.leakage_mw", t.leakage_mw, DEFAULTS["tile_leak_mw"].at(node)), {}, {},
-            per_tile=1),
-        "accumulator": Component(
-            "accumulator", n_tiles + c.digital.units, Figure(0.0, "part of the affine unit"),
-            Figure(0.0, "included in tile leakage"),
-            {"add": Figure(DEFAULTS["fp32_add_pj"].at(node).value,
-                           DEFAULTS["fp32_add_pj"].at(node).source)},
-            {"add": Figure(c.clock_ns, "one clock per lane operation")}),
-    }
-    d = c.digital
-    macs = d.units * d.systolic.rows * d.systolic.cols
-    comps["digital_mac"] = Component(
-        "digital_mac", macs,
-        _pick(chip, "chip.digital.mac_area_um2", d.mac_area_um2, DEFAULTS["mac_area_um2"].at(node)),
-        Figure(0.0, "included in unit leakage"),
-        {"mac": _pick(chip, "chip.digital.mac_energy_pj", d.mac_energy_pj, fp32_mac)},
-        {"mac": Figure(c.clock_ns, "one MAC per PE per clock")})
-    comps["digital_unit"] = Component(
-        "digital_unit", d.units, Figure(0.0, "counted in its parts"),
-        _pick(chip, "chip.digital.leakage_mw", d.leakage_mw, DEFAULTS["unit_leak_mw"].at(node)), {}, {})
-    sram_per_kib = _pick(chip, "chip.digital.sram.area_um2_per_kib", d.sram.area_um2_per_kib,
-                         DEFAULTS["sram_area_um2_per_kib"].at(node))
-    comps["sram"] = Component(
-        "sram", d.units,
-        Figure(sram_per_kib.value * d.sram.kib, f"{d.sram.kib:g} KiB x {sram_per_kib.source}"),
-        DEFAULTS["sram_leak_mw_per_kib"].at(node, d.sram.kib, f" x {d.sram.kib:g} KiB"),
-        {"byte": _pick(chip, "chip.digital.sram.energy_pj_per_byte", d.sram.energy_pj_per_byte,
-                       sram_energy_default(d.sram.kib).at(node))},
-        {"byte": Figure(c.clock_ns / d.sram.bytes_per_cycle, "1 / chip.digital.sram.bytes_per_cycle")})
-    ic = c.interconnect
-    wire = DEFAULTS["wire_pj_per_bit_mm"]
-    if ic.energy_pj_per_byte_hop is None and ic.hop_length_mm == 0:
-        raise ConfigError(chip.file, "chip.interconnect.energy_pj_per_byte_hop",
-                          "no default with chip.interconnect.hop_length_mm: 0 (the default is "
-                          "derived from the wire length per hop); set it")
-    comps["interconnect"] = Component(
-        "interconnect", n_tiles + d.units,
-        _pick(chip, "chip.interconnect.area_um2_per_router", ic.area_um2_per_router,
-              DEFAULTS["router_area_um2"].at(node)),
-        Figure(0.0, "assumed 0"),
-        {"byte_hop": _pick(chip, "chip.interconnect.energy_pj_per_byte_hop", ic.energy_pj_per_byte_hop,
-                           Figure(wire.value * 8 * ic.hop_length_mm,
-                                  f"derived: {wire.source} x 8 bit x {ic.hop_length_mm:g} mm/hop"))},
-        {"byte_hop": Figure(c.clock_ns * ic.hop_latency_cycles, "chip.interconnect.hop_latency_cycles")})
-    return comps
 
 
 def action_energy_pj(comps: Mapping[str, Component], action: str) -> Figure:

@@ -4,19 +4,27 @@ and count actions; nothing here computes a value. Time is in integer clock cycle
 
 Hardware objects
 ----------------
-- **Tile** (a ``simpy.PriorityResource``, capacity 1): its arrays, DAC row drivers, ADC bank, affine
-  unit and buffer. The arrays of a tile share its periphery, so a tile runs one array's MVMs at a
-  time (arrays of one layer on one tile take turns; :func:`peak_figures` counts one MVM stream
-  per tile).
+Every latency comes from the part objects of :mod:`archsim.components` (the same objects the
+energy accounting reads); the SimPy processes are generator methods of the hardware they model,
+wired by :func:`setup`:
+
+- **Tile** (a ``simpy.PriorityResource``, capacity 1) with its parts (arrays, DAC row drivers, ADC
+  bank, affine unit, buffer). The arrays of a tile share its periphery, so a tile runs one array's
+  MVMs at a time (arrays of one layer on one tile take turns; :func:`peak_figures` counts one MVM
+  stream per tile). A **TileGroup** is the set of tiles holding one analog layer:
+  ``TileGroup.integrate_and_convert`` runs the layer's rows on them, ``TileGroup.accumulate`` adds
+  the row blocks' partial sums.
 - **Interconnect**: a 2-D mesh of routers, tiles laid row-major on a near-square grid of
   ``ceil(sqrt(count))`` columns, the digital units on one router at the west edge (x = -1, y = 0);
-  XY routing; every directed link is a ``simpy.PriorityResource``. A transfer of B bytes holds all links of
-  its route at once for ``ceil(B / bytes_per_cycle)`` cycles (cut-through; links are acquired in one
-  global order, so no deadlock) and arrives ``hops x hop_latency_cycles`` later. ``kind: bus``: one
-  shared link, one hop.
-- **Digital cluster**: ``digital.units`` FP32 systolic arrays with their SRAMs on the edge router, a
-  single resource; a digital layer's folds are split among the units. Rows of different layers
-  take turns on it (no weight-reload cost is charged for the switch).
+  XY routing; every directed link is a ``simpy.PriorityResource``. A transfer of B bytes holds all
+  links of its route at once for ``ceil(B / bytes_per_cycle)`` cycles (cut-through; links are
+  acquired in one global order, so no deadlock) and arrives ``hops x hop_latency_cycles`` later
+  (``Interconnect.transfer``); ``Interconnect.carry`` moves every produced row of an edge.
+  ``kind: bus``: one shared link, one hop.
+- **DigitalUnit**: ``digital.units`` FP32 systolic arrays with their SRAMs on the edge router, a
+  single resource; a digital layer's folds are split among the units (``DigitalUnit.systolic``).
+  Rows of different layers take turns on it (no weight-reload cost is charged for the switch).
+- **VectorUnit**: the adders next to the data (``VectorUnit.elementwise``: add, pools, shortcut).
 
 One MVM on a tile (:func:`mvm_stages`, per array block with ``r`` rows and ``c`` weight columns used)
 ---------------------------------------------------------------------------------------------------
@@ -82,7 +90,7 @@ after inference i (same hardware), so N in flight give the steady-state interval
 (tiles, digital cluster, links) serve the oldest inference first among those waiting (priority =
 inference index; no pre-emption), so later inferences fill idle slots without delaying earlier
 ones much.
-Not modelled: buffer capacity back-pressure, reprogramming for time-multiplexed mappings.
+Not modelled: reprogramming for time-multiplexed mappings.
 
 Results: per layer (first inference) start/end cycle, busy cycles (its hardware held), stall cycles
 (digital: SRAM stall; others: cycles inside [start, end] not busy, i.e. waiting for inputs, links
@@ -94,6 +102,7 @@ adds); latency of the first inference; ``interval_cycles`` = (last completion - 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 from dataclasses import dataclass, field
@@ -101,20 +110,16 @@ from typing import Callable, Mapping as TMapping
 
 import simpy
 
+from .components import (FP32_BYTES, Router, SystolicArray, TileParts, chip_parts, ns_to_cycles,
+                         systolic_cycles, systolic_sram_bytes, tile_parts)
 from .config import ChipConfig
 from .mapping import LayerMapping, Mapping
 from .network import INPUT, Layer, Network
 
-FP32_BYTES = 4
-FUSED_KINDS = ("batchnorm", "relu", "flatten")
-VECTOR_KINDS = ("add", "maxpool", "avgpool", "globalavgpool", "shortcut_a")
-
-
-def ns_to_cycles(ns: float, clock_ns: float) -> int:
-    """Whole cycles covering ``ns`` (a sub-cycle duration still takes one cycle)."""
-    if ns <= 0:
-        return 0
-    return max(1, math.ceil(ns / clock_ns - 1e-9))
+__all__ = ["MvmStages", "mvm_stages", "systolic_cycles", "systolic_sram_bytes",
+           "digital_layer_cycles", "peak_figures", "ns_to_cycles", "LayerTiming", "TimingResult",
+           "Tile", "TileGroup", "DigitalUnit", "VectorUnit", "Interconnect", "setup",
+           "simulate_timing"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -154,56 +159,29 @@ class MvmStages:
         return self.latency + (n - 1) * self.interval if n > 0 else 0
 
 
-def mvm_stages(chip: ChipConfig, rows_used: int, weight_cols_used: int) -> MvmStages:
-    c = chip.chip
-    t = c.tiles
-    clk = c.clock_ns
+def mvm_stages(chip: ChipConfig | TileParts, rows_used: int, weight_cols_used: int) -> MvmStages:
+    """The stages of one MVM on an array block with ``rows_used`` rows and ``weight_cols_used``
+    weight columns, from the latencies of the tile's parts."""
+    parts = chip if isinstance(chip, TileParts) else tile_parts(chip)
+    t = parts.buffer.chip.chip.tiles
     in_bytes = math.ceil(t.dac.bits / 8)
     out_bytes = math.ceil(t.adc.bits / 8)
-    if t.dac.encoding == "pwm":
-        steps = t.dac.phases
-        integrate = ns_to_cycles((2 ** (t.dac.bits - 1) - 1) * t.dac.t_lsb_ns, clk)
-    else:
-        steps = t.dac.bits
-        integrate = ns_to_cycles(t.array.read_time_ns, clk)
-    convert = math.ceil(weight_cols_used / t.adc.per_tile) * ns_to_cycles(t.adc.conversion_ns, clk)
     return MvmStages(
-        load=math.ceil(rows_used * in_bytes / t.buffer.bytes_per_cycle),
-        integrate=integrate, convert=convert,
-        affine=math.ceil(weight_cols_used / t.affine.lanes),
-        write=math.ceil(weight_cols_used * out_bytes / t.buffer.bytes_per_cycle),
-        steps=steps, double_buffered=t.double_buffered)
+        load=parts.buffer.transfer_cycles(rows_used * in_bytes),
+        integrate=parts.dac.step_cycles(), convert=parts.adc.convert_cycles(weight_cols_used),
+        affine=parts.affine.cycles(weight_cols_used),
+        write=parts.buffer.transfer_cycles(weight_cols_used * out_bytes),
+        steps=parts.dac.steps, double_buffered=t.double_buffered)
 
 
-def systolic_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str,
-                    units: int = 1) -> int:
-    """Compute cycles of an (M x K) @ (K x N) GEMM on ``units`` R x C arrays (SCALE-Sim analytical
-    model, ISPASS 2020): ceil(folds / units) x (2R + C + T - 2)."""
-    s_r, s_c, t = {"os": (m, n, k), "ws": (k, n, m), "is": (k, m, n)}[dataflow]
-    folds = math.ceil(s_r / rows) * math.ceil(s_c / cols)
-    return math.ceil(folds / max(units, 1)) * (2 * rows + cols + t - 2)
-
-
-def systolic_sram_bytes(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> int:
-    """FP32 bytes read and written in SRAM by the GEMM (operands re-read once per fold that needs
-    them, partial sums written once per reduction fold)."""
-    ifmap, weights, ofmap = m * k, k * n, m * n
-    if dataflow == "ws":
-        words = ifmap * math.ceil(n / cols) + weights + ofmap * math.ceil(k / rows)
-    elif dataflow == "os":
-        words = ifmap * math.ceil(n / cols) + weights * math.ceil(m / rows) + ofmap
-    else:
-        words = ifmap + weights * math.ceil(m / cols) + ofmap * math.ceil(k / rows)
-    return words * FP32_BYTES
-
-
-def digital_layer_cycles(chip: ChipConfig, m: int, k: int, n: int) -> tuple[int, int, int]:
+def digital_layer_cycles(chip: ChipConfig, m: int, k: int, n: int,
+                         parts: TMapping | None = None) -> tuple[int, int, int]:
     """(total cycles, stall cycles, SRAM bytes) of one digital GEMM on the digital cluster."""
-    d = chip.chip.digital
-    s = d.systolic
-    compute = systolic_cycles(m, k, n, s.rows, s.cols, s.dataflow, d.units)
-    nbytes = systolic_sram_bytes(m, k, n, s.rows, s.cols, s.dataflow)
-    sram = math.ceil(nbytes / (max(d.units, 1) * d.sram.bytes_per_cycle))
+    p = parts if parts is not None else chip_parts(chip)
+    pes: SystolicArray = p["digital_mac"]
+    compute = pes.gemm_cycles(m, k, n)
+    nbytes = pes.gemm_sram_bytes(m, k, n)
+    sram = p["sram"].transfer_cycles(nbytes)
     return max(compute, sram), max(0, sram - compute), nbytes
 
 
@@ -257,12 +235,14 @@ class LayerTiming:
     stall_cycles: int               # digital: SRAM stall; others: waiting inside [start, end]
     mvms: int                       # output pixels of a matrix layer, per inference
     actions: TMapping[str, int]     # "component.action" -> count, first inference
+    tiles: tuple[int, ...] = ()     # tiles it runs on (analog)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "placement": self.placement,
                 "start_cycle": self.start_cycle, "end_cycle": self.end_cycle,
                 "cycles": self.end_cycle - self.start_cycle, "busy_cycles": self.busy_cycles,
-                "stall_cycles": self.stall_cycles, "mvms": self.mvms, "actions": dict(self.actions)}
+                "stall_cycles": self.stall_cycles, "mvms": self.mvms, "actions": dict(self.actions),
+                "tiles": list(self.tiles)}
 
 
 @dataclass(frozen=True)
@@ -299,30 +279,223 @@ class TimingResult:
 
 
 # ------------------------------------------------------------------------------------------
-# Hardware objects
+# Plan: the network as simulation nodes and edges
 # ------------------------------------------------------------------------------------------
 
-class Tile(simpy.PriorityResource):
-    """One tile: its arrays, DAC row drivers, ADC bank, affine unit and buffer, serving one array
-    MVM row at a time (the arrays share the periphery)."""
+@dataclass
+class _Node:
+    layer: Layer | None                 # None for the network input
+    name: str
+    role: str                           # input | analog | digital | vector
+    rows: int
+    row_values: int                     # output values per row
+    loc: list[tuple[int, float]]        # routers holding the output, with their share
+    lm: LayerMapping | None = None
+    inputs: list["_Edge"] = field(default_factory=list)
+    actions: dict[str, int] = field(default_factory=dict)
+    # analog
+    tiles: tuple[int, ...] = ()
+    hold: int = 0
+    drain: int = 0
+    psums: list[tuple[int, int, int]] = field(default_factory=list)   # (src, dst, bytes) per row
+    accumulate: int = 0
+    # digital / vector
+    row_cycles: list[int] = field(default_factory=list)
+    stall: int = 0
+    ready: list = field(default_factory=list)   # per inference, per row: simpy.Event
+    # results (first inference)
+    start: int | None = None
+    end: int = 0
+    busy: int = 0
 
-    def __init__(self, env: simpy.Environment, index: int, coord: tuple[int, int]):
-        super().__init__(env, capacity=1)
-        self.index = index
-        self.coord = coord
-        self.arrays: list = []                  # ArrayBlocks placed here
-        self.busy_cycles = 0
+    def wait_inputs(self, i: int, r: int, got: list[int]):
+        """Wait until the input rows that output row r of inference i needs have arrived."""
+        for e, edge in enumerate(self.inputs):
+            j = edge.need(r)
+            arrivals = edge.arrivals[i]
+            for jj in range(got[e] + 1, j + 1):
+                if not arrivals[jj].processed:
+                    yield arrivals[jj]
+            got[e] = max(got[e], j)
 
+
+@dataclass
+class _Edge:
+    src: _Node
+    dst: _Node
+    need: Callable[[int], int]          # consumer row -> last producer row it needs
+    sends: list[tuple[int, int, int]]   # (src router, dst router, bytes) per producer row
+    arrivals: list[list[simpy.Event]] | None = None   # per inference, per producer row
+
+
+def _rows_of(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, values per row) of an activation shape."""
+    if len(shape) == 3:
+        return shape[0], shape[1] * shape[2]
+    return 1, int(math.prod(shape))
+
+
+# The few places that depend on the layer kind (kept small and separate):
+
+def _is_fused(layer: Layer) -> bool:
+    """BatchNorm folds into the producer's affine / systolic output stage; ReLU and Flatten fuse
+    into the producer's output write."""
+    return layer.kind in ("batchnorm", "relu", "flatten")
+
+
+def _vector_ops_per_row(layer: Layer, net: Network, row_values: int) -> int:
+    """Vector-unit additions for one output row of a non-matrix layer."""
+    if layer.kind == "add":
+        return row_values
+    if layer.kind in ("maxpool", "avgpool"):
+        return row_values * layer.kernel ** 2
+    if layer.kind == "globalavgpool":
+        src0 = layer.inputs[0]
+        return int(math.prod(net.shape(src0) if src0 != INPUT else net.input_shape))
+    return 0                                           # shortcut_a: a selection only
+
+
+def _need_fn(layer: Layer, declared_in: tuple[int, ...], src_rows: int) -> Callable[[int], int]:
+    """Consumer row r -> the last producer row it needs."""
+    last = src_rows - 1
+    if len(declared_in) != 3 or src_rows == 1 or layer.kind in ("linear", "globalavgpool",
+                                                                 "flatten"):
+        return lambda r: last
+    if layer.kind in ("conv2d", "maxpool", "avgpool"):
+        k, s, p = layer.kernel, layer.stride, layer.padding
+        return lambda r: min(last, r * s - p + k - 1)
+    if layer.kind == "shortcut_a":
+        return lambda r: min(last, 2 * r)
+    return lambda r: min(last, r)
+
+
+class _Plan:
+    """The mapped network as simulation nodes (one per non-fused layer) and edges, with each
+    node's per-row costs and per-inference action counts."""
+
+    def __init__(self, mapping: Mapping, ic: "Interconnect", parts: TMapping):
+        chip = mapping.chip
+        net: Network = mapping.network
+        t = chip.chip.tiles
+        self.chip = chip
+        self.net = net
+        self.parts = parts
+        self.tile = tile_parts(chip, parts)
+        D = ic.digital_node
+        self.vector = parts["accumulator"]
+        analog_bytes = math.ceil(t.dac.bits / 8)
+        psum_bytes = math.ceil(t.adc.bits / 8)
+        by_name = {lm.name: lm for lm in mapping.layers}
+        in_rows, in_vals = _rows_of(net.input_shape)
+        self.input = _Node(None, INPUT, "input", in_rows, in_vals, [(D, 1.0)])
+        self.nodes: list[_Node] = []
+        self.alias: dict[str, _Node] = {INPUT: self.input}
+        self.fused: dict[str, str] = {}
+        self.edges: list[_Edge] = []
+
+        def add_actions(node: _Node, key: str, count: int) -> None:
+            if count:
+                node.actions[key] = node.actions.get(key, 0) + int(count)
+
+        for layer in net.layers:
+            if _is_fused(layer):
+                self.alias[layer.name] = self.alias[layer.inputs[0]]
+                self.fused[layer.name] = self.alias[layer.inputs[0]].name
+                continue
+            out_shape = net.shape(layer.name)
+            rows, row_values = _rows_of(out_shape)
+            first = self.alias[layer.inputs[0]]
+            if layer.is_matrix:
+                lm = by_name[layer.name]
+                m = lm.mvms
+                width = out_shape[1] if len(out_shape) == 3 else 1
+                if lm.analog:
+                    node = self._analog_node(layer, lm, rows, row_values, width, psum_bytes, ic)
+                    st_all = [mvm_stages(self.tile, a.rows_used, a.weight_cols_used)
+                              for a in lm.arrays]
+                    add_actions(node, "pcm_array.mvm", m * len(lm.arrays))
+                    add_actions(node, "dac.drive", m * sum(a.rows_used for a in lm.arrays))
+                    add_actions(node, "adc.conversion", m * sum(
+                        a.weight_cols_used * s.steps for a, s in zip(lm.arrays, st_all)))
+                    add_actions(node, "affine.op", m * lm.n)
+                    add_actions(node, "accumulator.add", m * lm.n * (lm.row_blocks - 1))
+                    add_actions(node, "tile_buffer.byte", m * sum(
+                        a.rows_used * analog_bytes + a.weight_cols_used * psum_bytes
+                        for a in lm.arrays))
+                    for s, d_, b in node.psums:
+                        add_actions(node, "interconnect.byte_hop", rows * b * ic.hops(s, d_))
+                else:
+                    node = _Node(layer, layer.name, "digital", rows, row_values, [(D, 1.0)], lm)
+                    total, stall, nbytes = digital_layer_cycles(chip, m, lm.k, lm.n, parts)
+                    node.row_cycles = [total * (r + 1) // rows - total * r // rows
+                                       for r in range(rows)]
+                    node.stall = stall
+                    add_actions(node, "digital_mac.mac", m * lm.k * lm.n)
+                    add_actions(node, "sram.byte", nbytes)
+            else:
+                node = _Node(layer, layer.name, "vector", rows, row_values, list(first.loc))
+                ops = _vector_ops_per_row(layer, net, row_values)
+                node.row_cycles = [self.vector.cycles(ops)] * rows
+                add_actions(node, "accumulator.add", ops * rows)
+            # input edges
+            for src_name in layer.inputs:
+                src = self.alias[src_name]
+                declared = net.shape(src_name) if src_name != INPUT else tuple(net.input_shape)
+                need = _need_fn(layer, declared, src.rows)
+                if node.role == "analog":
+                    dst_loc = [(a.tile, a.rows_used / node.lm.k) for a in node.lm.arrays]
+                elif node.role == "digital":
+                    dst_loc = [(D, 1.0)]
+                else:
+                    dst_loc = node.loc
+                nbytes = FP32_BYTES if (D in [r for r, _ in src.loc] or
+                                        D in [r for r, _ in dst_loc]) else analog_bytes
+                sends = []
+                for s, fs in src.loc:
+                    for d_, gd in dst_loc:
+                        if s != d_:
+                            b = math.ceil(src.row_values * nbytes * fs * gd)
+                            sends.append((s, d_, b))
+                            add_actions(node, "interconnect.byte_hop", src.rows * b * ic.hops(s, d_))
+                edge = _Edge(src, node, need, sends)
+                node.inputs.append(edge)
+                self.edges.append(edge)
+            self.nodes.append(node)
+            self.alias[layer.name] = node
+
+    def _analog_node(self, layer, lm, rows, row_values, width, psum_bytes, ic) -> _Node:
+        loc = [(a.tile, a.weight_cols_used / lm.n) for a in lm.arrays if a.row_block == 0]
+        node = _Node(layer, layer.name, "analog", rows, row_values, loc, lm)
+        node.tiles = tuple(sorted({a.tile for a in lm.arrays}))
+        per_tile: dict[int, int] = {}           # arrays sharing a tile run one after another
+        drains = []
+        for a in lm.arrays:
+            st = mvm_stages(self.tile, a.rows_used, a.weight_cols_used)
+            per_tile[a.tile] = per_tile.get(a.tile, 0) + width * st.interval
+            drains.append(st.cycles(width) - width * st.interval)
+        node.hold = max(per_tile.values())
+        node.drain = max(drains)
+        if lm.row_blocks > 1:
+            home = {a.col_block: a.tile for a in lm.arrays if a.row_block == 0}
+            node.psums = [(a.tile, home[a.col_block], width * a.weight_cols_used * psum_bytes)
+                          for a in lm.arrays if a.row_block > 0]
+            widest = max(a.weight_cols_used for a in lm.arrays)
+            node.accumulate = self.vector.cycles(width * widest * (lm.row_blocks - 1))
+        return node
+
+
+# ------------------------------------------------------------------------------------------
+# Hardware objects and their processes
+# ------------------------------------------------------------------------------------------
 
 class Interconnect:
-    """Mesh (or bus) of links, each a SimPy resource."""
+    """Mesh (or bus) of links, each a SimPy resource; latencies from the router part."""
 
-    def __init__(self, env: simpy.Environment, chip: ChipConfig):
-        ic = chip.chip.interconnect
+    def __init__(self, env: simpy.Environment, chip: ChipConfig, router: Router | None = None):
         self.env = env
-        self.kind = ic.kind
-        self.bytes_per_cycle = ic.bytes_per_cycle
-        self.hop_latency = ic.hop_latency_cycles
+        self.router = router if router is not None else chip_parts(chip)["interconnect"]
+        self.kind = chip.chip.interconnect.kind
+        self.hop_latency = self.router.hop_latency_cycles
         n_tiles = chip.chip.tiles.count
         self.grid_cols = max(1, math.ceil(math.sqrt(n_tiles)))
         self.digital_node = n_tiles
@@ -379,7 +552,7 @@ class Interconnect:
             req = res.request(priority=priority)
             yield req
             held.append((res, req))
-        serial = math.ceil(nbytes / self.bytes_per_cycle)
+        serial = self.router.serialization_cycles(nbytes)
         yield self.env.timeout(serial)
         for res, req in held:
             res.release(req)
@@ -392,224 +565,157 @@ class Interconnect:
         if latency:
             yield self.env.timeout(latency)
 
-
-# ------------------------------------------------------------------------------------------
-# Plan: the network as simulation nodes and edges
-# ------------------------------------------------------------------------------------------
-
-@dataclass
-class _Node:
-    layer: Layer | None                 # None for the network input
-    name: str
-    role: str                           # input | analog | digital | vector
-    rows: int
-    row_values: int                     # output values per row
-    loc: list[tuple[int, float]]        # routers holding the output, with their share
-    lm: LayerMapping | None = None
-    inputs: list["_Edge"] = field(default_factory=list)
-    actions: dict[str, int] = field(default_factory=dict)
-    # analog
-    tiles: tuple[int, ...] = ()
-    hold: int = 0
-    drain: int = 0
-    psums: list[tuple[int, int, int]] = field(default_factory=list)   # (src, dst, bytes) per row
-    accumulate: int = 0
-    # digital / vector
-    row_cycles: list[int] = field(default_factory=list)
-    stall: int = 0
-    ready: list = field(default_factory=list)   # per inference, per row: simpy.Event
-    # results (first inference)
-    start: int | None = None
-    end: int = 0
-    busy: int = 0
+    def carry(self, edge: _Edge, inferences: int, later: Callable):
+        """Move every produced row of ``edge`` to the routers of its consumer."""
+        for i in range(inferences):
+            for j in range(edge.src.rows):
+                ready = edge.src.ready[i][j]
+                if not ready.processed:
+                    yield ready
+                latency = 0
+                for s, d, b in edge.sends:
+                    lat = yield from self.send(s, d, b, i)
+                    latency = max(latency, lat)
+                later(latency, edge.arrivals[i][j])
 
 
-@dataclass
-class _Edge:
-    src: _Node
-    dst: _Node
-    need: Callable[[int], int]          # consumer row -> last producer row it needs
-    sends: list[tuple[int, int, int]]   # (src router, dst router, bytes) per producer row
-    arrivals: list[list[simpy.Event]] | None = None   # per inference, per producer row
+class Tile(simpy.PriorityResource):
+    """One tile: its arrays, DAC row drivers, ADC bank, affine unit and buffer (``parts``), serving
+    one array MVM row at a time (the arrays share the periphery)."""
+
+    def __init__(self, env: simpy.Environment, index: int, coord: tuple[int, int],
+                 parts: TileParts):
+        super().__init__(env, capacity=1)
+        self.index = index
+        self.coord = coord
+        self.parts = parts
+        self.arrays: list = []                  # ArrayBlocks placed here
+        self.busy_cycles = 0
 
 
-def _rows_of(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(rows, values per row) of an activation shape."""
-    if len(shape) == 3:
-        return shape[0], shape[1] * shape[2]
-    return 1, int(math.prod(shape))
+class TileGroup:
+    """The tiles holding one analog layer's arrays, driven together row by row."""
 
+    def __init__(self, hw: "Hardware", node: _Node):
+        self.hw = hw
+        self.env = hw.env
+        self.node = node
+        self.tiles = [hw.tiles[t] for t in node.tiles]
 
-def _need_fn(layer: Layer, declared_in: tuple[int, ...], src_rows: int) -> Callable[[int], int]:
-    last = src_rows - 1
-    if len(declared_in) != 3 or src_rows == 1 or layer.kind in ("linear", "globalavgpool",
-                                                                 "flatten"):
-        return lambda r: last
-    if layer.kind in ("conv2d", "maxpool", "avgpool"):
-        k, s, p = layer.kernel, layer.stride, layer.padding
-        return lambda r: min(last, r * s - p + k - 1)
-    if layer.kind == "shortcut_a":
-        return lambda r: min(last, 2 * r)
-    return lambda r: min(last, r)
-
-
-class _Plan:
-    def __init__(self, mapping: Mapping, ic: Interconnect):
-        chip = mapping.chip
-        net: Network = mapping.network
-        t = chip.chip.tiles
-        self.chip = chip
-        self.net = net
-        D = ic.digital_node
-        self.lanes = t.affine.lanes
-        analog_bytes = math.ceil(t.dac.bits / 8)
-        psum_bytes = math.ceil(t.adc.bits / 8)
-        by_name = {lm.name: lm for lm in mapping.layers}
-        in_rows, in_vals = _rows_of(net.input_shape)
-        self.input = _Node(None, INPUT, "input", in_rows, in_vals, [(D, 1.0)])
-        self.nodes: list[_Node] = []
-        self.alias: dict[str, _Node] = {INPUT: self.input}
-        self.fused: dict[str, str] = {}
-        self.edges: list[_Edge] = []
-
-        def add_actions(node: _Node, key: str, count: int) -> None:
-            if count:
-                node.actions[key] = node.actions.get(key, 0) + int(count)
-
-        for layer in net.layers:
-            if layer.kind in FUSED_KINDS:
-                self.alias[layer.name] = self.alias[layer.inputs[0]]
-                self.fused[layer.name] = self.alias[layer.inputs[0]].name
-                continue
-            out_shape = net.shape(layer.name)
-            rows, row_values = _rows_of(out_shape)
-            first = self.alias[layer.inputs[0]]
-            if layer.is_matrix:
-                lm = by_name[layer.name]
-                m = lm.mvms
-                width = out_shape[1] if len(out_shape) == 3 else 1
-                if lm.analog:
-                    node = self._analog_node(layer, lm, rows, row_values, width, psum_bytes, ic)
-                    st_all = [mvm_stages(chip, a.rows_used, a.weight_cols_used) for a in lm.arrays]
-                    add_actions(node, "pcm_array.mvm", m * len(lm.arrays))
-                    add_actions(node, "dac.drive", m * sum(a.rows_used for a in lm.arrays))
-                    add_actions(node, "adc.conversion", m * sum(
-                        a.weight_cols_used * s.steps for a, s in zip(lm.arrays, st_all)))
-                    add_actions(node, "affine.op", m * lm.n)
-                    add_actions(node, "accumulator.add", m * lm.n * (lm.row_blocks - 1))
-                    add_actions(node, "tile_buffer.byte", m * sum(
-                        a.rows_used * analog_bytes + a.weight_cols_used * psum_bytes
-                        for a in lm.arrays))
-                    for s, d_, b in node.psums:
-                        add_actions(node, "interconnect.byte_hop", rows * b * ic.hops(s, d_))
+    def integrate_and_convert(self):
+        """Per output row, the tiles run the row's MVMs back to back (load, DAC integration, ADC
+        conversion, affine, write pipelined as :class:`MvmStages` says)."""
+        env, node, hw = self.env, self.node, self.hw
+        for i in range(hw.n):
+            got = [-1] * len(node.inputs)
+            for r in range(node.rows):
+                yield from node.wait_inputs(i, r, got)
+                with contextlib.ExitStack() as held:
+                    for res in self.tiles:
+                        yield held.enter_context(res.request(priority=i))
+                    if i == 0 and node.start is None:
+                        node.start = int(env.now)
+                    yield env.timeout(node.hold)
+                for tile in self.tiles:
+                    tile.busy_cycles += node.hold
+                hw.busy["tile"] += node.hold * len(self.tiles)
+                if i == 0:
+                    node.busy += node.hold
+                if node.psums:
+                    env.process(self.accumulate(i, node.ready[i][r]))
                 else:
-                    node = _Node(layer, layer.name, "digital", rows, row_values, [(D, 1.0)], lm)
-                    total, stall, nbytes = digital_layer_cycles(chip, m, lm.k, lm.n)
-                    node.row_cycles = [total * (r + 1) // rows - total * r // rows
-                                       for r in range(rows)]
-                    node.stall = stall
-                    add_actions(node, "digital_mac.mac", m * lm.k * lm.n)
-                    add_actions(node, "sram.byte", nbytes)
-            else:
-                node = _Node(layer, layer.name, "vector", rows, row_values, list(first.loc))
-                if layer.kind == "add":
-                    ops = row_values
-                elif layer.kind in ("maxpool", "avgpool"):
-                    ops = row_values * layer.kernel ** 2
-                elif layer.kind == "globalavgpool":
-                    src0 = layer.inputs[0]
-                    ops = int(math.prod(net.shape(src0) if src0 != INPUT else net.input_shape))
-                else:                                   # shortcut_a: selection only
-                    ops = 0
-                node.row_cycles = [math.ceil(ops / self.lanes)] * rows
-                add_actions(node, "accumulator.add", ops * rows)
-            # input edges
-            for src_name in layer.inputs:
-                src = self.alias[src_name]
-                declared = net.shape(src_name) if src_name != INPUT else tuple(net.input_shape)
-                need = _need_fn(layer, declared, src.rows)
-                if node.role == "analog":
-                    dst_loc = [(a.tile, a.rows_used / node.lm.k) for a in node.lm.arrays]
-                elif node.role == "digital":
-                    dst_loc = [(D, 1.0)]
-                else:
-                    dst_loc = node.loc
-                nbytes = FP32_BYTES if (D in [r for r, _ in src.loc] or
-                                        D in [r for r, _ in dst_loc]) else analog_bytes
-                sends = []
-                for s, fs in src.loc:
-                    for d_, gd in dst_loc:
-                        if s != d_:
-                            b = math.ceil(src.row_values * nbytes * fs * gd)
-                            sends.append((s, d_, b))
-                            add_actions(node, "interconnect.byte_hop", src.rows * b * ic.hops(s, d_))
-                edge = _Edge(src, node, need, sends)
-                node.inputs.append(edge)
-                self.edges.append(edge)
-            self.nodes.append(node)
-            self.alias[layer.name] = node
+                    hw.later(node.drain, node.ready[i][r])
 
-    def _analog_node(self, layer, lm, rows, row_values, width, psum_bytes, ic) -> _Node:
-        chip = self.chip
-        loc = [(a.tile, a.weight_cols_used / lm.n) for a in lm.arrays if a.row_block == 0]
-        node = _Node(layer, layer.name, "analog", rows, row_values, loc, lm)
-        node.tiles = tuple(sorted({a.tile for a in lm.arrays}))
-        per_tile: dict[int, int] = {}           # arrays sharing a tile run one after another
-        drains = []
-        for a in lm.arrays:
-            st = mvm_stages(chip, a.rows_used, a.weight_cols_used)
-            per_tile[a.tile] = per_tile.get(a.tile, 0) + width * st.interval
-            drains.append(st.cycles(width) - width * st.interval)
-        node.hold = max(per_tile.values())
-        node.drain = max(drains)
-        if lm.row_blocks > 1:
-            home = {a.col_block: a.tile for a in lm.arrays if a.row_block == 0}
-            node.psums = [(a.tile, home[a.col_block], width * a.weight_cols_used * psum_bytes)
-                          for a in lm.arrays if a.row_block > 0]
-            widest = max(a.weight_cols_used for a in lm.arrays)
-            node.accumulate = math.ceil(width * widest * (lm.row_blocks - 1) / self.lanes)
-        return node
+    def accumulate(self, i: int, ready: simpy.Event):
+        """Row-block partial sums: drain the pipeline, send to row block 0's tile, add there."""
+        node, hw = self.node, self.hw
+        if node.drain:
+            yield self.env.timeout(node.drain)
+        latency = 0
+        for s, d, b in node.psums:
+            lat = yield from hw.ic.send(s, d, b, i)
+            latency = max(latency, lat)
+        yield self.env.timeout(latency + node.accumulate)
+        hw.busy["accumulator"] += node.accumulate
+        ready.succeed()
 
 
-# ------------------------------------------------------------------------------------------
-# Simulation
-# ------------------------------------------------------------------------------------------
+class DigitalUnit(simpy.PriorityResource):
+    """The FP32 systolic units with their SRAMs: one shared resource."""
 
-class _Sim:
+    def __init__(self, hw: "Hardware"):
+        super().__init__(hw.env, capacity=1)
+        self.hw = hw
+
+    def systolic(self, node: _Node):
+        """A digital layer, row by row."""
+        env, hw = self.hw.env, self.hw
+        for i in range(hw.n):
+            got = [-1] * len(node.inputs)
+            for r in range(node.rows):
+                yield from node.wait_inputs(i, r, got)
+                with self.request(priority=i) as req:
+                    yield req
+                    if i == 0 and node.start is None:
+                        node.start = int(env.now)
+                    cycles = node.row_cycles[r]
+                    yield env.timeout(cycles)
+                hw.busy["digital_unit"] += cycles
+                if i == 0:
+                    node.busy += cycles
+                node.ready[i][r].succeed()
+
+
+class VectorUnit:
+    """Add, pools, option-A shortcut: lanes next to where the data lives, no contention."""
+
+    def __init__(self, hw: "Hardware"):
+        self.hw = hw
+
+    def elementwise(self, node: _Node):
+        env, hw = self.hw.env, self.hw
+        for i in range(hw.n):
+            got = [-1] * len(node.inputs)
+            for r in range(node.rows):
+                yield from node.wait_inputs(i, r, got)
+                if i == 0 and node.start is None:
+                    node.start = int(env.now)
+                cycles = node.row_cycles[r]
+                if cycles:
+                    yield env.timeout(cycles)
+                hw.busy["vector"] += cycles
+                if i == 0:
+                    node.busy += cycles
+                node.ready[i][r].succeed()
+
+
+class Hardware:
+    """The chip's hardware objects in one SimPy environment, and what they share (the inference
+    count, busy counters, completion times)."""
+
     def __init__(self, mapping: Mapping, inferences: int):
         self.env = simpy.Environment()
         self.chip = mapping.chip
         self.n = inferences
-        self.ic = Interconnect(self.env, self.chip)
-        self.plan = _Plan(mapping, self.ic)
-        n_tiles = self.chip.chip.tiles.count
-        self.tiles = [Tile(self.env, t, self.ic.coord(t)) for t in range(n_tiles)]
+        self.parts = chip_parts(self.chip)
+        self.ic = Interconnect(self.env, self.chip, self.parts["interconnect"])
+        parts = tile_parts(self.chip, self.parts)
+        self.tiles = [Tile(self.env, t, self.ic.coord(t), parts)
+                      for t in range(self.chip.chip.tiles.count)]
         for a in mapping.arrays:
             self.tiles[a.tile].arrays.append(a)
-        self.digital = simpy.PriorityResource(self.env, capacity=1)
+        self.digital = DigitalUnit(self)
+        self.vector = VectorUnit(self)
         self.busy = {"tile": 0, "digital_unit": 0, "vector": 0, "accumulator": 0}
         self.finish = [0] * inferences
-        env = self.env
-        for node in [self.plan.input, *self.plan.nodes]:
-            node.ready = [[env.event() for _ in range(node.rows)] for _ in range(inferences)]
-            for i in range(inferences):
-                node.ready[i][-1].callbacks.append(self._finisher(node, i))
-        for edge in self.plan.edges:
-            if edge.sends:
-                edge.arrivals = [[env.event() for _ in range(edge.src.rows)]
-                                 for _ in range(inferences)]
-                env.process(self.transmit(edge))
-            else:
-                edge.arrivals = edge.src.ready
-        for node in self.plan.nodes:
-            proc = {"analog": self.integrate_and_convert, "digital": self.systolic,
-                    "vector": self.normalize}[node.role]
-            env.process(proc(node))
-        for i in range(inferences):
-            for ev in self.plan.input.ready[i]:
-                ev.succeed()
 
-    def _finisher(self, node: _Node, i: int):
+    def later(self, delay: int, event: simpy.Event) -> None:
+        if delay <= 0:
+            event.succeed()
+        else:
+            self.env.timeout(delay).callbacks.append(lambda _e: event.succeed())
+
+    def finisher(self, node: _Node, i: int):
         def done(_event):
             now = int(self.env.now)
             if i == 0:
@@ -617,168 +723,88 @@ class _Sim:
             self.finish[i] = max(self.finish[i], now)
         return done
 
-    def _later(self, delay: int, event: simpy.Event) -> None:
-        if delay <= 0:
-            event.succeed()
+
+def setup(mapping: Mapping, inferences: int) -> tuple[Hardware, _Plan]:
+    """Build the hardware, plan the network on it and start every process."""
+    hw = Hardware(mapping, inferences)
+    plan = _Plan(mapping, hw.ic, hw.parts)
+    env = hw.env
+    for node in [plan.input, *plan.nodes]:
+        node.ready = [[env.event() for _ in range(node.rows)] for _ in range(inferences)]
+        for i in range(inferences):
+            node.ready[i][-1].callbacks.append(hw.finisher(node, i))
+    for edge in plan.edges:
+        if edge.sends:
+            edge.arrivals = [[env.event() for _ in range(edge.src.rows)]
+                             for _ in range(inferences)]
+            env.process(hw.ic.carry(edge, inferences, hw.later))
         else:
-            self.env.timeout(delay).callbacks.append(lambda _e: event.succeed())
-
-    # ---- processes ---------------------------------------------------------------------
-    def load_inputs(self, node: _Node, i: int, r: int, got: list[int]):
-        """Wait until the input rows that output row r needs have arrived at this layer."""
-        for e, edge in enumerate(node.inputs):
-            j = edge.need(r)
-            arrivals = edge.arrivals[i]
-            for jj in range(got[e] + 1, j + 1):
-                if not arrivals[jj].processed:
-                    yield arrivals[jj]
-            got[e] = max(got[e], j)
-
-    def transmit(self, edge: _Edge):
-        """Move every produced row to the routers of its consumer."""
-        for i in range(self.n):
-            for j in range(edge.src.rows):
-                ready = edge.src.ready[i][j]
-                if not ready.processed:
-                    yield ready
-                latency = 0
-                for s, d, b in edge.sends:
-                    lat = yield from self.ic.send(s, d, b, i)
-                    latency = max(latency, lat)
-                self._later(latency, edge.arrivals[i][j])
-
-    def integrate_and_convert(self, node: _Node):
-        """Analog layer: per output row, the tiles run the row's MVMs back to back (load, DAC
-        integration, ADC conversion, affine, write pipelined as :class:`MvmStages` says)."""
-        env = self.env
-        tiles = [self.tiles[t] for t in node.tiles]
-        for i in range(self.n):
-            got = [-1] * len(node.inputs)
-            for r in range(node.rows):
-                yield from self.load_inputs(node, i, r, got)
-                reqs = []
-                for res in tiles:
-                    req = res.request(priority=i)
-                    yield req
-                    reqs.append(req)
-                if i == 0 and node.start is None:
-                    node.start = int(env.now)
-                yield env.timeout(node.hold)
-                for res, req in zip(tiles, reqs):
-                    res.release(req)
-                for tile in tiles:
-                    tile.busy_cycles += node.hold
-                self.busy["tile"] += node.hold * len(tiles)
-                if i == 0:
-                    node.busy += node.hold
-                if node.psums:
-                    env.process(self.accumulate(node, i, node.ready[i][r]))
-                else:
-                    self._later(node.drain, node.ready[i][r])
-
-    def accumulate(self, node: _Node, i: int, ready: simpy.Event):
-        """Row-block partial sums: drain the pipeline, send to row block 0's tile, add there."""
-        if node.drain:
-            yield self.env.timeout(node.drain)
-        latency = 0
-        for s, d, b in node.psums:
-            lat = yield from self.ic.send(s, d, b, i)
-            latency = max(latency, lat)
-        yield self.env.timeout(latency + node.accumulate)
-        self.busy["accumulator"] += node.accumulate
-        ready.succeed()
-
-    def systolic(self, node: _Node):
-        """Digital layer on the FP32 systolic cluster, row by row."""
-        env = self.env
-        for i in range(self.n):
-            got = [-1] * len(node.inputs)
-            for r in range(node.rows):
-                yield from self.load_inputs(node, i, r, got)
-                req = self.digital.request(priority=i)
-                yield req
-                if i == 0 and node.start is None:
-                    node.start = int(env.now)
-                cycles = node.row_cycles[r]
-                yield env.timeout(cycles)
-                self.digital.release(req)
-                self.busy["digital_unit"] += cycles
-                if i == 0:
-                    node.busy += cycles
-                node.ready[i][r].succeed()
-
-    def normalize(self, node: _Node):
-        """Add, pools, option-A shortcut: cheap vector steps next to where the data lives."""
-        env = self.env
-        for i in range(self.n):
-            got = [-1] * len(node.inputs)
-            for r in range(node.rows):
-                yield from self.load_inputs(node, i, r, got)
-                if i == 0 and node.start is None:
-                    node.start = int(env.now)
-                cycles = node.row_cycles[r]
-                if cycles:
-                    yield env.timeout(cycles)
-                self.busy["vector"] += cycles
-                if i == 0:
-                    node.busy += cycles
-                node.ready[i][r].succeed()
-
-    # ---- run ---------------------------------------------------------------------------
-    def run(self) -> TimingResult:
-        env = self.env
-        events = 0
-        step = env.step
-        try:
-            while True:
-                step()
-                events += 1
-        except simpy.core.EmptySchedule:
-            pass
-        return self._result(events)
-
-    def _result(self, events: int) -> TimingResult:
-        chip = self.chip.chip
-        plan = self.plan
-        total = int(self.env.now)
-        latency = self.finish[0]
-        if self.n > 1:
-            interval = (self.finish[-1] - self.finish[0]) // (self.n - 1)
+            edge.arrivals = edge.src.ready
+    for node in plan.nodes:
+        if node.role == "analog":
+            env.process(TileGroup(hw, node).integrate_and_convert())
+        elif node.role == "digital":
+            env.process(hw.digital.systolic(node))
         else:
-            interval = latency
-        per_node = {node.name: node for node in plan.nodes}
-        layers = []
-        actions: dict[str, int] = {}
-        for layer in plan.net.layers:
-            if layer.name in plan.fused:
-                src = plan.alias[layer.name]
-                layers.append(LayerTiming(layer.name, layer.kind, "fused", src.start or 0, src.end,
-                                          0, 0, 0, _frozen({})))
-                continue
-            node = per_node[layer.name]
-            start = node.start or 0
-            placement = node.lm.placement if node.lm is not None else "vector"
-            stall = node.stall if node.role == "digital" else max(0, node.end - start - node.busy)
-            layers.append(LayerTiming(layer.name, layer.kind, placement, start, node.end,
-                                      node.busy, stall, node.lm.mvms if node.lm else 0,
-                                      _frozen(node.actions)))
-            for k, v in node.actions.items():
-                actions[k] = actions.get(k, 0) + v * self.n
-        busy = dict(self.busy)
-        busy["interconnect"] = self.ic.link_busy
-        clock_hz = chip.clock_mhz * 1e6
-        return TimingResult(
-            clock_mhz=chip.clock_mhz, inferences=self.n, layers=tuple(layers),
-            actions=_frozen(actions), busy_cycles=_frozen(busy), total_cycles=total,
-            latency_cycles=latency, latency_ns=latency * chip.clock_ns,
-            interval_cycles=interval,
-            throughput_inferences_per_s=clock_hz / interval if interval else 0.0,
-            tile_utilization=tuple(t.busy_cycles / total if total else 0.0 for t in self.tiles),
-            events=events)
+            env.process(hw.vector.elementwise(node))
+    for i in range(inferences):
+        for ev in plan.input.ready[i]:
+            ev.succeed()
+    return hw, plan
+
+
+def _run(env: simpy.Environment) -> int:
+    events = 0
+    step = env.step
+    try:
+        while True:
+            step()
+            events += 1
+    except simpy.core.EmptySchedule:
+        pass
+    return events
+
+
+def _result(hw: Hardware, plan: _Plan, events: int) -> TimingResult:
+    chip = hw.chip.chip
+    n = hw.n
+    total = int(hw.env.now)
+    latency = hw.finish[0]
+    interval = (hw.finish[-1] - hw.finish[0]) // (n - 1) if n > 1 else latency
+    per_node = {node.name: node for node in plan.nodes}
+    layers = []
+    actions: dict[str, int] = {}
+    for layer in plan.net.layers:
+        if layer.name in plan.fused:
+            src = plan.alias[layer.name]
+            layers.append(LayerTiming(layer.name, layer.kind, "fused", src.start or 0, src.end,
+                                      0, 0, 0, _frozen({})))
+            continue
+        node = per_node[layer.name]
+        start = node.start or 0
+        placement = node.lm.placement if node.lm is not None else "vector"
+        stall = node.stall if node.role == "digital" else max(0, node.end - start - node.busy)
+        layers.append(LayerTiming(layer.name, layer.kind, placement, start, node.end,
+                                  node.busy, stall, node.lm.mvms if node.lm else 0,
+                                  _frozen(node.actions), node.tiles))
+        for k, v in node.actions.items():
+            actions[k] = actions.get(k, 0) + v * n
+    busy = dict(hw.busy)
+    busy["interconnect"] = hw.ic.link_busy
+    clock_hz = chip.clock_mhz * 1e6
+    return TimingResult(
+        clock_mhz=chip.clock_mhz, inferences=n, layers=tuple(layers),
+        actions=_frozen(actions), busy_cycles=_frozen(busy), total_cycles=total,
+        latency_cycles=latency, latency_ns=latency * chip.clock_ns,
+        interval_cycles=interval,
+        throughput_inferences_per_s=clock_hz / interval if interval else 0.0,
+        tile_utilization=tuple(t.busy_cycles / total if total else 0.0 for t in hw.tiles),
+        events=events)
 
 
 def simulate_timing(mapping: Mapping, inferences: int = 1) -> TimingResult:
     """Simulate ``inferences`` inferences in flight through the mapped network (deterministic)."""
     if inferences < 1:
         raise ValueError(f"inferences must be >= 1, got {inferences}")
-    return _Sim(mapping, int(inferences)).run()
+    hw, plan = setup(mapping, int(inferences))
+    return _result(hw, plan, _run(hw.env))

@@ -114,3 +114,33 @@ def test_unknown_action_is_a_bug():
     comps = chip_components(load_chip("pcm_hybrid"))
     with pytest.raises(ValueError, match="adc.convert"):
         action_energy_pj(comps, "adc.convert")
+
+
+def test_timing_reads_the_latencies_the_energy_model_uses():
+    from archsim.components import chip_parts
+    from archsim.timing import mvm_stages
+    for overrides in ({}, {"chip.tiles.dac.phases": 3, "chip.tiles.dac.t_lsb_ns": 2.5},
+                      {"chip.tiles.dac.encoding": "bit-serial", "chip.tiles.array.read_time_ns": 7.0}):
+        chip = load_chip("pcm_hybrid", overrides=overrides)
+        parts = chip_parts(chip)
+        dac = parts["dac"]
+        comps = chip_components(chip)
+        # one integration window, computed by the DAC bank: the array's MVM latency and energy
+        # window, the DAC's drive latency, and the timing model's integrate stage all read it
+        assert comps["pcm_array"].latency_ns["mvm"].value == dac.integration_ns
+        assert comps["dac"].latency_ns["drive"].value == dac.integration_ns
+        st = mvm_stages(chip, 100, 40)
+        assert st.steps == dac.steps
+        assert st.integrate == math.ceil(dac.integration_ns / dac.steps - 1e-9)    # 1 ns clock
+        # conversion: ceil(40 columns / 64 ADCs) x the ADC's conversion latency
+        assert st.convert == math.ceil(40 / 64) * comps["adc"].latency_ns["conversion"].value
+        # load and write at the buffer's bytes per cycle (its per-byte latency)
+        assert st.load == math.ceil(100 * comps["tile_buffer"].latency_ns["byte"].value)
+
+
+def test_a_missing_energy_default_never_stops_the_timing_model():
+    from archsim.network import digits_cnn
+    from archsim.mapping import map_network
+    from archsim.timing import simulate_timing
+    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.adc.bits": 12})
+    assert simulate_timing(map_network(chip, digits_cnn())).latency_cycles > 0

@@ -1,24 +1,40 @@
 """Energy and area accounting: the timing simulation's action counts x the per-action energies of
-:mod:`archsim.components`, plus leakage power x simulated time; component areas x counts.
+:mod:`archsim.components`, plus leakage power x time; component areas x counts.
 
-- Dynamic energy of a component = sum over its actions of (count x energy per action). One
-  exception: a ``pcm_array.mvm`` is charged for the devices that hold weights only (x the layer's
-  mapping utilization): undriven rows and unprogrammed columns carry no read current.
-- Leakage energy of a component = copies x leakage power x simulated time (``total_cycles`` of the
-  timing run at the chip clock; mW x ns = pJ).
-- Per layer: the layer's own actions (first inference) x energies, dynamic only. Leakage is not
-  split among layers (layers overlap in time on a pipelined chip); it is reported separately,
-  per component and per inference.
-- Area: copies x area each, per component for the chip, and per tile for the parts of a tile
-  (array, DAC row drivers, ADCs, affine unit, buffer: a HERMES "core").
-- Peak figures (:func:`peak_efficiency`): every tile doing back-to-back full-size MVMs (every
-  row driven, every weight column converted) at the interval of :func:`archsim.timing.peak_figures`,
-  plus the leakage of the whole chip (the digital units idle but leaking: HERMES' published peak is
-  its analog cores'); a chip without tiles is rated on its digital units instead (every PE busy
-  every cycle, the SRAM port busy every cycle).
-- Workload figures: ``tops`` = 2 x MACs per inference x inferences/s (steady state);
-  ``tops_per_w`` = 2 x MACs per inference / energy per inference; ``power_w`` = energy of the run
-  / simulated time.
+Steady state (what the headline figures are):
+
+- Dynamic energy per inference = sum over one inference's actions of (count x energy per action).
+  One exception: a ``pcm_array.mvm`` is charged for the devices that hold weights only (x the
+  layer's mapping utilization): undriven rows and unprogrammed columns carry no read current.
+- Leakage energy per inference = leakage power of the chip x the steady-state interval between
+  inference completions (the chip leaks all the time; with several inferences in flight one
+  inference leaves every interval).
+- Energy per inference = dynamic + leakage; power = energy per inference x throughput (= dynamic /
+  interval + leakage power); TOPS = ops per inference x throughput; TOPS/W = ops per inference /
+  energy per inference = TOPS / power. None of these depends on the number of inferences simulated
+  once the pipeline is full.
+- A single inference alone: its latency, and dynamic + leakage power x latency.
+- The whole simulated run is reported too (``energy.run``): dynamic x N + leakage power x the
+  simulated time.
+
+Per layer: the layer's own actions (one inference) x energies (dynamic), and the leakage of the
+hardware it holds over one interval (a tile's leakage split among the layers on it by their busy
+cycles; the digital units' among the digital layers); what no layer holds (unused tiles) is
+reported as not attributed.
+
+Power gating (``chip.tiles.power_gating``): a tile without mapped arrays is off for the whole run,
+and a mapped tile's periphery is off while it is idle for longer than the wake-up time (the timing
+model charges the wake-up latency): their leakage is charged at ``gated_leakage_fraction`` for
+those cycles. The figure without gating is reported beside it.
+
+Area: copies x area each, per component for the chip, and per tile for the parts of a tile (array,
+DAC row drivers, ADCs, affine unit, buffer: a HERMES "core").
+
+Peak figures (:func:`peak_efficiency`): every tile doing back-to-back full-size MVMs (every row
+driven, every weight column converted) at the interval of :func:`archsim.timing.peak_figures`, plus
+the leakage of the whole chip (the digital units idle but leaking: HERMES' published peak is its
+analog cores'); a chip without tiles is rated on its digital units instead (every PE busy every
+cycle, the SRAM port busy every cycle).
 
 Every figure carries its source (``CostResult.sources``): the YAML field with file:line and its
 ``# source:`` comment, or the default table entry and its scaling to the node.
@@ -30,54 +46,88 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping as TMapping
 
-from .components import (Component, TILE_PARTS, action_energy_pj, chip_components,
+from .components import (Component, TILE_LEAKERS, TILE_PARTS, action_energy_pj, chip_components,
                          full_mvm_actions)
 from .config import ChipConfig
 from .timing import peak_figures
 
 PJ_PER_MW_NS = 1.0          # 1 mW x 1 ns = 1 pJ
+NOT_ATTRIBUTED = "(not attributed: unused tiles)"
+DIGITAL_LEAKERS = ("digital_mac", "digital_unit", "sram")
 
 
 @dataclass(frozen=True)
 class CostResult:
-    energy_pj: TMapping[str, float]          # per component, whole run (dynamic + leakage)
-    dynamic_energy_pj: TMapping[str, float]  # per component, whole run
-    leakage_energy_pj: TMapping[str, float]  # per component, whole run
+    dynamic_energy_pj: TMapping[str, float]  # per component, one inference
+    leakage_energy_pj: TMapping[str, float]  # per component, one steady-state interval
+    leakage_power_mw: TMapping[str, float]   # per component (with power gating when enabled)
     layer_energy_pj: TMapping[str, float]    # per layer, one inference, dynamic only
+    layer_leakage_pj: TMapping[str, float]   # per layer, leakage of its hardware over one interval
     area_um2: TMapping[str, float]           # per component, whole chip
-    summary: TMapping[str, float]            # DESIGN.md section 8 summary keys
+    summary: TMapping[str, float]            # DESIGN.md section 8 summary keys (+ steady state)
     sources: TMapping[str, str]              # "component.action|area|leakage" -> source
-    inferences: int = 1
-    time_ns: float = 0.0                     # simulated time the leakage is charged over
+    inferences: int = 1                      # simulated
+    interval_ns: float = 0.0                 # steady-state interval the leakage is charged over
+    latency_ns: float = 0.0
+    run_time_ns: float = 0.0                 # the whole simulated run
     tile_area_um2: TMapping[str, float] = field(default_factory=dict)   # parts of one tile
     peak: TMapping[str, Any] = field(default_factory=dict)             # peak_efficiency()
+    ungated_leakage_power_mw: float | None = None    # without power gating (when it is enabled)
+
+    @property
+    def energy_pj(self) -> dict[str, float]:
+        """Per component, one inference in steady state (dynamic + leakage)."""
+        return {k: self.dynamic_energy_pj[k] + self.leakage_energy_pj[k]
+                for k in self.dynamic_energy_pj}
+
+    @property
+    def dynamic_pj(self) -> float:
+        return float(sum(self.dynamic_energy_pj.values()))
+
+    @property
+    def leakage_pj(self) -> float:
+        return float(sum(self.leakage_energy_pj.values()))
 
     @property
     def total_energy_pj(self) -> float:
-        return float(sum(self.energy_pj.values()))
+        """Energy per inference in steady state."""
+        return self.dynamic_pj + self.leakage_pj
 
     @property
     def total_area_um2(self) -> float:
         return float(sum(self.area_um2.values()))
 
     def to_dict(self) -> dict:
+        leak_mw = float(sum(self.leakage_power_mw.values()))
         n = max(self.inferences, 1)
-        total = self.total_energy_pj
+        per_component = {
+            k: {"dynamic_pj": self.dynamic_energy_pj[k], "leakage_pj": self.leakage_energy_pj[k],
+                "total_pj": self.dynamic_energy_pj[k] + self.leakage_energy_pj[k],
+                "leakage_mw": self.leakage_power_mw[k]}
+            for k in self.dynamic_energy_pj}
         return {
             "energy": {
-                "total_pj": total,
-                "dynamic_pj": float(sum(self.dynamic_energy_pj.values())),
-                "leakage_pj": float(sum(self.leakage_energy_pj.values())),
-                "per_inference_pj": total / n,
-                "inferences": self.inferences,
-                "time_ns": self.time_ns,
-                "per_component_pj": dict(self.energy_pj),
-                "per_component_pj_per_inference": {k: v / n for k, v in self.energy_pj.items()},
-                "dynamic_per_component_pj": dict(self.dynamic_energy_pj),
-                "leakage_per_component_pj": dict(self.leakage_energy_pj),
+                "per_inference_pj": self.total_energy_pj,
+                "dynamic_per_inference_pj": self.dynamic_pj,
+                "leakage_per_inference_pj": self.leakage_pj,
+                "leakage_power_mw": leak_mw,
+                "interval_ns": self.interval_ns,
+                "latency_ns": self.latency_ns,
+                "single_inference_pj": self.dynamic_pj + leak_mw * self.latency_ns,
+                "note": "steady state: dynamic energy of one inference + leakage power x the "
+                        "steady-state interval; a single inference alone: dynamic + leakage "
+                        "power x its latency",
+                "per_component": per_component,
+                "per_component_pj_per_inference": {k: v["total_pj"]
+                                                   for k, v in per_component.items()},
                 "per_layer_pj": dict(self.layer_energy_pj),
-                "per_layer_note": "dynamic energy of one inference; leakage is reported per "
-                                  "component only",
+                "per_layer_leakage_pj": dict(self.layer_leakage_pj),
+                "per_layer_note": "dynamic energy of one inference, and the leakage of the hardware "
+                                  "the layer holds over one steady-state interval",
+                "run": {"inferences": self.inferences, "time_ns": self.run_time_ns,
+                        "dynamic_pj": self.dynamic_pj * n,
+                        "leakage_pj": leak_mw * self.run_time_ns,
+                        "total_pj": self.dynamic_pj * n + leak_mw * self.run_time_ns},
                 "sources": dict(self.sources),
             },
             "area": {
@@ -91,19 +141,6 @@ class CostResult:
             "peak": dict(self.peak),
             "sources": dict(self.sources),
         }
-
-
-def array_occupancy(mapping, timing) -> float:
-    """Mean fraction of an array's devices that conduct in one counted ``pcm_array.mvm``: each
-    analog layer's mapping utilization (devices holding weights / devices of its arrays: the
-    undriven rows and unprogrammed columns carry no current), weighted by the layer's MVMs."""
-    weighted = counted = 0
-    for lt in timing.layers:
-        count = lt.actions.get("pcm_array.mvm", 0)
-        if count:
-            weighted += count * mapping.layer(lt.name).utilization
-            counted += count
-    return weighted / counted if counted else 1.0
 
 
 def _dynamic(comps: TMapping[str, Component], actions: TMapping[str, int],
@@ -135,53 +172,141 @@ def tile_area_um2(comps: TMapping[str, Component]) -> dict[str, float]:
             for name in TILE_PARTS if comps[name].count}
 
 
+def tile_leakage_mw(comps: TMapping[str, Component]) -> dict[str, float]:
+    """Leakage power of the parts of one tile."""
+    return {name: comps[name].per_tile * comps[name].leakage_mw.value
+            for name in TILE_LEAKERS if comps[name].count}
+
+
+def _layer_dynamic(comps, mapping, timing) -> dict[str, dict[str, float]]:
+    """Per layer, per component: dynamic energy of one inference."""
+    out = {}
+    for lt in timing.layers:
+        util = {"pcm_array.mvm": mapping.layer(lt.name).utilization} \
+            if lt.actions.get("pcm_array.mvm") else {}
+        out[lt.name] = _dynamic(comps, lt.actions, util)
+    return out
+
+
+def _leakage_mw(comps, timing, chip: ChipConfig) -> tuple[dict[str, float], list[float]]:
+    """Leakage power per component and per tile. With ``chip.tiles.power_gating`` a tile without
+    mapped arrays is off for the whole run and a mapped tile's periphery is off for the cycles
+    the timing run gated it (share of the steady-state window); off means
+    ``gated_leakage_fraction`` of the leakage."""
+    t = chip.chip.tiles
+    per_part = tile_leakage_mw(comps)
+    one_tile = sum(per_part.values())
+    out = {name: c.total_leakage_mw for name, c in comps.items()}
+    tiles = [one_tile] * t.count
+    if not t.power_gating or t.count == 0:
+        return out, tiles
+    window = max(int(timing.window_cycles), 1)
+    used = set(timing.tiles_used)
+    frac = t.gated_leakage_fraction
+    for tile in range(t.count):
+        if tile not in used:                          # never woken: every part off
+            for name, mw in per_part.items():
+                out[name] -= mw * (1 - frac)
+            tiles[tile] = one_tile * frac
+        else:                                         # periphery off while idle
+            saved = per_part.get("tile_periphery", 0.0) * (1 - frac) * (
+                timing.tile_gated_cycles[tile] / window)
+            out["tile_periphery"] -= saved
+            tiles[tile] = one_tile - saved
+    return out, tiles
+
+
+def _layer_leakage(timing, leak_mw: TMapping[str, float], tile_mw: list[float],
+                   interval_ns: float) -> dict[str, float]:
+    """Leakage over one interval of the hardware each layer holds: a tile's split among the layers
+    on it by busy cycles, the digital units' among the digital layers; the rest not attributed."""
+    holders: dict[int, dict[str, int]] = {}
+    digital: dict[str, int] = {}
+    for lt in timing.layers:
+        if lt.placement == "analog":
+            for tile in lt.tiles:
+                holders.setdefault(tile, {})[lt.name] = lt.busy_cycles
+        elif lt.placement == "digital":
+            digital[lt.name] = lt.busy_cycles
+    out = {lt.name: 0.0 for lt in timing.layers}
+    attributed_mw = 0.0
+    for tile, layers in holders.items():
+        total = sum(layers.values()) or 1
+        attributed_mw += tile_mw[tile]
+        for name, busy in layers.items():
+            out[name] += tile_mw[tile] * interval_ns * busy / total
+    if digital:
+        digital_mw = sum(leak_mw[n] for n in DIGITAL_LEAKERS if n in leak_mw)
+        attributed_mw += digital_mw
+        total = sum(digital.values()) or 1
+        for name, busy in digital.items():
+            out[name] += digital_mw * interval_ns * busy / total
+    out[NOT_ATTRIBUTED] = max(sum(leak_mw.values()) - attributed_mw, 0.0) * interval_ns
+    return out
+
+
 def account(mapping, timing) -> CostResult:
     """Energy and area of one timing run of ``mapping`` (an :class:`archsim.mapping.Mapping`)."""
     chip: ChipConfig = mapping.chip
     comps = chip_components(chip)
     clock_ns = 1000.0 / float(timing.clock_mhz)
-    time_ns = int(timing.total_cycles) * clock_ns
-    occupancy = array_occupancy(mapping, timing)
-    dynamic = _dynamic(comps, timing.actions, {"pcm_array.mvm": occupancy})
-    leakage = {name: c.total_leakage_mw * time_ns * PJ_PER_MW_NS for name, c in comps.items()}
-    energy = {name: dynamic[name] + leakage[name] for name in comps}
-    layers = {}
-    for lt in timing.layers:
-        util = {"pcm_array.mvm": mapping.layer(lt.name).utilization} \
-            if lt.actions.get("pcm_array.mvm") else {}
-        layers[lt.name] = float(sum(_dynamic(comps, lt.actions, util).values()))
+    interval_ns = int(timing.interval_cycles) * clock_ns
+    latency_ns = float(timing.latency_ns)
+    run_time_ns = int(timing.total_cycles) * clock_ns
+
+    layer_dyn = _layer_dynamic(comps, mapping, timing)
+    dynamic = {name: sum(d[name] for d in layer_dyn.values()) for name in comps}
+    ungated = {name: c.total_leakage_mw for name, c in comps.items()}
+    gating = chip.chip.tiles.power_gating and chip.chip.tiles.count > 0
+    leak_mw, tile_mw = _leakage_mw(comps, timing, chip)
+    leakage = {name: mw * interval_ns * PJ_PER_MW_NS for name, mw in leak_mw.items()}
+    layers = {name: float(sum(d.values())) for name, d in layer_dyn.items()}
+    layer_leak = _layer_leakage(timing, leak_mw, tile_mw, interval_ns)
     area = {name: c.total_area_um2 for name, c in comps.items()}
 
-    n = max(int(timing.inferences), 1)
-    total_pj = sum(energy.values())
     macs = int(mapping.network.total_macs())
-    energy_per_inf_pj = total_pj / n
-    power_w = total_pj / time_ns * 1e-3 if time_ns > 0 else 0.0        # pJ/ns = mW
-    ips = float(timing.throughput_inferences_per_s)
+    ops = 2.0 * macs
+    dyn_pj = sum(dynamic.values())
+    leak_total_mw = sum(leak_mw.values())
+    energy_pj = dyn_pj + leak_total_mw * interval_ns
+    ips = 1e9 / interval_ns if interval_ns > 0 else 0.0
+    power_w = energy_pj * 1e-12 * ips
     peak = peak_efficiency(chip, comps)
     summary = {
         "peak_tops": peak["peak_tops"],
         "peak_tops_per_w": peak["peak_tops_per_w"],
         "peak_tops_per_mm2": peak["peak_tops_per_mm2"],
-        "tops": 2.0 * macs * ips / 1e12,
-        "tops_per_w": 2.0 * macs / energy_per_inf_pj if energy_per_inf_pj > 0 else 0.0,
-        "latency_ns": float(timing.latency_ns),
+        "tops": ops * ips / 1e12,
+        "tops_per_w": ops / energy_pj if energy_pj > 0 else 0.0,
+        "latency_ns": latency_ns,
         "inferences_per_s": ips,
-        "energy_per_inference_uj": energy_per_inf_pj * 1e-6,
+        "energy_per_inference_uj": energy_pj * 1e-6,
         "power_w": power_w,
         "area_mm2": sum(area.values()) / 1e6,
+        "dynamic_energy_per_inference_uj": dyn_pj * 1e-6,
+        "leakage_energy_per_inference_uj": leak_total_mw * interval_ns * 1e-6,
+        "leakage_power_w": leak_total_mw * 1e-3,
+        "single_inference_energy_uj": (dyn_pj + leak_total_mw * latency_ns) * 1e-6,
     }
+    ungated_mw = None
+    if gating:
+        ungated_mw = sum(ungated.values())
+        e_ungated = dyn_pj + ungated_mw * interval_ns
+        summary["energy_per_inference_ungated_uj"] = e_ungated * 1e-6
+        summary["power_ungated_w"] = e_ungated * 1e-12 * ips
     return CostResult(
-        energy_pj=types.MappingProxyType(energy),
         dynamic_energy_pj=types.MappingProxyType(dynamic),
         leakage_energy_pj=types.MappingProxyType(leakage),
+        leakage_power_mw=types.MappingProxyType(dict(leak_mw)),
         layer_energy_pj=types.MappingProxyType(layers),
+        layer_leakage_pj=types.MappingProxyType(layer_leak),
         area_um2=types.MappingProxyType(area),
         summary=types.MappingProxyType(summary),
         sources=types.MappingProxyType(_sources(comps)),
-        inferences=n, time_ns=time_ns,
+        inferences=max(int(timing.inferences), 1), interval_ns=interval_ns,
+        latency_ns=latency_ns, run_time_ns=run_time_ns,
         tile_area_um2=types.MappingProxyType(tile_area_um2(comps)),
-        peak=types.MappingProxyType(peak))
+        peak=types.MappingProxyType(peak), ungated_leakage_power_mw=ungated_mw)
 
 
 def peak_mvm_rate(chip: ChipConfig) -> tuple[float, float]:
@@ -215,8 +340,7 @@ def peak_efficiency(chip: ChipConfig, comps: TMapping[str, Component] | None = N
         dynamic_w = mvm_per_s * mvm_pj * 1e-12
         tile_um2 = sum(tile_area_um2(comps).values())
         tile_tops = ops_per_s / t.count / 1e12
-        tile_leak_w = sum(comps[n].leakage_mw.value * comps[n].per_tile
-                          for n in (*TILE_PARTS, "tile_periphery")) * 1e-3
+        tile_leak_w = sum(tile_leakage_mw(comps).values()) * 1e-3
         tile_w = dynamic_w / t.count + tile_leak_w
         out.update(mode="analog", mvm_interval_ns=interval_ns, mvm_energy_pj=mvm_pj,
                    tile_area_mm2=tile_um2 / 1e6, tile_tops=tile_tops,

@@ -125,6 +125,10 @@ DEFAULTS: dict[str, Default] = {
     "unit_leak_mw": Default(1.0, None, "other", "estimate: digital unit leakage 1 mW"),
 }
 
+WAKE_UP_SOURCE = ("default of chip.tiles.wake_up_ns: estimate, 100 ns; power-gated blocks wake in "
+                  "tens of ns (fine-grained) to microseconds (whole cores), limited by the in-rush "
+                  "current through the sleep transistors; no published figure for a PCM tile used")
+
 # Horowitz ISSCC 2014, 45 nm: energy of one 64-bit SRAM (cache) read by capacity.
 SRAM_64B_READ_PJ = {8: 10.0, 32: 20.0, 1024: 100.0}        # KiB -> pJ per 64-bit access
 # Murmann ADC survey fit at 14 nm, <= 1 GS/s: pJ per conversion by resolution.
@@ -443,9 +447,19 @@ class TileBuffer(Part):
 
 
 class TilePeriphery(Part):
-    """A tile's control, clocking and I/O: a leakage entry only."""
+    """A tile's control, clocking and I/O: a leakage entry, and the tile's power switch."""
     name = "tile_periphery"
     actions = ()
+
+    def wake_up(self) -> Figure:
+        t = self.chip.chip.tiles
+        return Figure(t.wake_up_ns, self.chip.source_of("chip.tiles.wake_up_ns")
+                      or WAKE_UP_SOURCE)
+
+    def wake_up_cycles(self) -> int | None:
+        """Cycles to power a gated tile up; None without power gating."""
+        t = self.chip.chip.tiles
+        return ns_to_cycles(t.wake_up_ns, self.clock_ns) if t.power_gating else None
 
     def area_um2(self) -> Figure:
         return Figure(0.0, "counted in its parts")

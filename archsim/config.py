@@ -125,6 +125,11 @@ class TileConfig:
     arrays_per_tile: int = spec(1, lo=1)
     double_buffered: bool = spec(True, doc="input load / integrate / convert / write overlap")
     leakage_mw: float | None = spec(None, lo=0, doc="per tile, periphery leakage")
+    power_gating: bool = spec(False, doc="switch idle tiles off: tiles without mapped arrays for "
+                                         "the whole run, a mapped tile's periphery while it idles "
+                                         "longer than wake_up_ns (it then pays wake_up_ns)")
+    wake_up_ns: float = spec(100.0, lo=0, doc="time to power a gated tile back up")
+    gated_leakage_fraction: float = spec(0.05, lo=0, hi=1, doc="leakage left in a gated tile")
     array: ArrayConfig = spec(factory=ArrayConfig)
     dac: DacConfig = spec(factory=DacConfig)
     adc: AdcConfig = spec(factory=AdcConfig)

@@ -260,6 +260,10 @@ class TimingResult:
     throughput_inferences_per_s: float
     tile_utilization: tuple[float, ...]     # busy / total_cycles per tile
     events: int                             # SimPy events processed
+    tiles_used: tuple[int, ...] = ()        # tiles with mapped arrays
+    window_cycles: int = 0                  # steady-state window: first to last completion
+    #   (the whole first inference when 1)
+    tile_gated_cycles: tuple[int, ...] = () # per tile, cycles of the window it was power-gated
 
     def layer(self, name: str) -> LayerTiming:
         for lt in self.layers:
@@ -275,6 +279,8 @@ class TimingResult:
                 "events": self.events, "actions": dict(self.actions),
                 "busy_cycles": dict(self.busy_cycles),
                 "tile_utilization": [round(u, 6) for u in self.tile_utilization],
+                "tiles_used": list(self.tiles_used), "window_cycles": self.window_cycles,
+                "tile_gated_cycles": list(self.tile_gated_cycles),
                 "layers": [lt.to_dict() for lt in self.layers]}
 
 
@@ -591,6 +597,24 @@ class Tile(simpy.PriorityResource):
         self.parts = parts
         self.arrays: list = []                  # ArrayBlocks placed here
         self.busy_cycles = 0
+        self.wake_cycles = parts.periphery.wake_up_cycles()   # None: no power gating
+        self.last_release = 0
+        self.gated: list[tuple[int, int]] = []  # [from, to) cycles its periphery was off
+
+    def wake(self, now: int) -> int:
+        """Cycles to power the tile up for work starting at ``now``: with power gating, a tile
+        idle for longer than its wake-up time was switched off and wakes up first."""
+        if self.wake_cycles is None or now - self.last_release <= self.wake_cycles:
+            return 0
+        self.gated.append((self.last_release + self.wake_cycles, now))
+        return self.wake_cycles
+
+    def gated_cycles(self, start: int, end: int, now: int) -> int:
+        """Cycles of [start, end) the tile was gated (an idle tail up to ``now`` included)."""
+        spans = list(self.gated)
+        if self.wake_cycles is not None and now - self.last_release > self.wake_cycles:
+            spans.append((self.last_release + self.wake_cycles, now))
+        return sum(max(0, min(b, end) - max(a, start)) for a, b in spans)
 
 
 class TileGroup:
@@ -615,12 +639,14 @@ class TileGroup:
                         yield held.enter_context(res.request(priority=i))
                     if i == 0 and node.start is None:
                         node.start = int(env.now)
-                    yield env.timeout(node.hold)
+                    hold = node.hold + max(tile.wake(int(env.now)) for tile in self.tiles)
+                    yield env.timeout(hold)
                 for tile in self.tiles:
-                    tile.busy_cycles += node.hold
-                hw.busy["tile"] += node.hold * len(self.tiles)
+                    tile.busy_cycles += hold
+                    tile.last_release = int(env.now)
+                hw.busy["tile"] += hold * len(self.tiles)
                 if i == 0:
-                    node.busy += node.hold
+                    node.busy += hold
                 if node.psums:
                     env.process(self.accumulate(i, node.ready[i][r]))
                 else:
@@ -792,6 +818,7 @@ def _result(hw: Hardware, plan: _Plan, events: int) -> TimingResult:
     busy = dict(hw.busy)
     busy["interconnect"] = hw.ic.link_busy
     clock_hz = chip.clock_mhz * 1e6
+    w0, w1 = (hw.finish[0], hw.finish[-1]) if n > 1 else (0, latency)
     return TimingResult(
         clock_mhz=chip.clock_mhz, inferences=n, layers=tuple(layers),
         actions=_frozen(actions), busy_cycles=_frozen(busy), total_cycles=total,
@@ -799,7 +826,9 @@ def _result(hw: Hardware, plan: _Plan, events: int) -> TimingResult:
         interval_cycles=interval,
         throughput_inferences_per_s=clock_hz / interval if interval else 0.0,
         tile_utilization=tuple(t.busy_cycles / total if total else 0.0 for t in hw.tiles),
-        events=events)
+        events=events, tiles_used=tuple(t.index for t in hw.tiles if t.arrays),
+        window_cycles=w1 - w0,
+        tile_gated_cycles=tuple(t.gated_cycles(w0, w1, total) for t in hw.tiles))
 
 
 def simulate_timing(mapping: Mapping, inferences: int = 1) -> TimingResult:

@@ -16,7 +16,8 @@ from archsim.workloads import load_workload
 
 SUMMARY_KEYS = {"peak_tops", "peak_tops_per_w", "peak_tops_per_mm2", "tops", "tops_per_w",
                 "latency_ns", "inferences_per_s", "energy_per_inference_uj", "power_w",
-                "area_mm2"}
+                "area_mm2", "dynamic_energy_per_inference_uj", "leakage_energy_per_inference_uj",
+                "leakage_power_w", "single_inference_energy_uj"}
 
 # One tile with every figure given explicitly (one digital unit of 4x4 PEs beside it).
 ONE_TILE = {
@@ -38,17 +39,20 @@ ANALOG_ACTIONS = {"pcm_array.mvm": 10, "dac.drive": 160, "adc.conversion": 80, "
 DIGITAL_ACTIONS = {"digital_mac.mac": 1000, "sram.byte": 300}
 
 
-def _fake(total_cycles=1000, inferences=1, util=0.5):
+def _fake(interval_cycles=1000, inferences=1, util=0.5, total_cycles=None):
     chip = load_chip("pcm_hybrid", overrides=ONE_TILE)
     layers = {"a": SimpleNamespace(utilization=util), "d": SimpleNamespace(utilization=0.0)}
     mapping = SimpleNamespace(chip=chip, network=SimpleNamespace(total_macs=lambda: 1000),
                               layer=lambda name: layers[name])
-    per_layer = (SimpleNamespace(name="a", actions=ANALOG_ACTIONS),
-                 SimpleNamespace(name="d", actions=DIGITAL_ACTIONS))
+    per_layer = (SimpleNamespace(name="a", actions=ANALOG_ACTIONS, placement="analog", tiles=(0,),
+                                 busy_cycles=600),
+                 SimpleNamespace(name="d", actions=DIGITAL_ACTIONS, placement="digital", tiles=(),
+                                 busy_cycles=300))
     whole = {k: v * inferences for k, v in {**ANALOG_ACTIONS, **DIGITAL_ACTIONS}.items()}
     timing = SimpleNamespace(clock_mhz=1000.0, inferences=inferences, layers=per_layer,
-                             actions=whole, total_cycles=total_cycles, latency_ns=800.0,
-                             throughput_inferences_per_s=1e6)
+                             actions=whole, interval_cycles=interval_cycles, latency_ns=800.0,
+                             total_cycles=total_cycles or interval_cycles * inferences,
+                             throughput_inferences_per_s=1e9 / interval_cycles)
     return mapping, timing
 
 
@@ -57,7 +61,7 @@ HAND_DYNAMIC = {"pcm_array": 10 * 256 * 2e-3 * 0.5, "dac": 160 * 0.1, "adc": 80 
                 "affine": 80 * 1.0, "tile_buffer": 400 * 0.25, "interconnect": 50 * 0.4,
                 "accumulator": 20 * 0.9 * 0.14, "digital_mac": 1000 * 0.75, "sram": 300 * 2.0}
 # leakage (mW): tile periphery 2, tile buffer 64 KiB x 0.01 (default), digital unit 3,
-# SRAM 512 KiB x 0.01 (default); x 1000 ns -> pJ
+# SRAM 512 KiB x 0.01 (default); x the 1000 ns interval -> pJ per inference
 HAND_LEAK_MW = {"tile_periphery": 2.0, "tile_buffer": 0.64, "digital_unit": 3.0, "sram": 5.12}
 HAND_AREA = {"pcm_array": 1000.0, "dac": 16 * 2.0, "adc": 4 * 100.0, "affine": 500.0,
              "tile_buffer": 300.0, "digital_mac": 16 * 10.0, "sram": 512 * 1.0,
@@ -68,19 +72,30 @@ def test_one_tile_energy_is_the_hand_sum_of_its_actions():
     cost = account(*_fake())
     for name, value in HAND_DYNAMIC.items():
         assert cost.dynamic_energy_pj[name] == pytest.approx(value, rel=1e-12), name
-    assert sum(cost.dynamic_energy_pj.values()) == pytest.approx(1611.08, rel=1e-12)
+    assert cost.dynamic_pj == pytest.approx(1611.08, rel=1e-12)
     for name, mw in HAND_LEAK_MW.items():
+        assert cost.leakage_power_mw[name] == pytest.approx(mw), name
         assert cost.leakage_energy_pj[name] == pytest.approx(mw * 1000.0), name
-    assert sum(cost.leakage_energy_pj.values()) == pytest.approx(10760.0)
+    assert cost.leakage_pj == pytest.approx(10760.0)
     assert cost.total_energy_pj == pytest.approx(1611.08 + 10760.0)
     assert cost.layer_energy_pj["d"] == pytest.approx(750.0 + 600.0)
     assert cost.layer_energy_pj["a"] == pytest.approx(1611.08 - 1350.0)
+    # leakage of the hardware each layer holds: tile 0 (2.64 mW) -> a; digital unit + SRAM
+    # (8.12 mW) -> d; nothing else leaks
+    assert cost.layer_leakage_pj["a"] == pytest.approx(2.64 * 1000)
+    assert cost.layer_leakage_pj["d"] == pytest.approx(8.12 * 1000)
+    assert sum(cost.layer_leakage_pj.values()) == pytest.approx(cost.leakage_pj)
     s = cost.summary
     assert s["energy_per_inference_uj"] == pytest.approx(12371.08e-6)
+    assert s["dynamic_energy_per_inference_uj"] == pytest.approx(1611.08e-6)
+    assert s["leakage_energy_per_inference_uj"] == pytest.approx(10760e-6)
+    assert s["leakage_power_w"] == pytest.approx(10.76e-3)
     assert s["power_w"] == pytest.approx(12371.08e-3 / 1000)          # pJ / ns = mW
     assert s["tops_per_w"] == pytest.approx(2 * 1000 / 12371.08)
     assert s["tops"] == pytest.approx(2 * 1000 * 1e6 / 1e12)
     assert s["latency_ns"] == 800.0 and s["inferences_per_s"] == 1e6
+    # a single inference alone leaks over its latency, not the interval
+    assert s["single_inference_energy_uj"] == pytest.approx((1611.08 + 10.76 * 800) * 1e-6)
     assert set(s) == SUMMARY_KEYS
 
 
@@ -93,15 +108,18 @@ def test_one_tile_area_is_the_hand_sum():
     assert cost.summary["area_mm2"] == pytest.approx(3004.0e-6)
 
 
-def test_leakage_scales_with_simulated_time_and_dynamic_with_inferences():
-    short, long_ = account(*_fake(total_cycles=1000)), account(*_fake(total_cycles=3000))
+def test_leakage_is_charged_over_the_interval_and_nothing_depends_on_the_run_length():
+    short, long_ = account(*_fake(interval_cycles=1000)), account(*_fake(interval_cycles=3000))
     for name in short.leakage_energy_pj:
         assert long_.leakage_energy_pj[name] == pytest.approx(3 * short.leakage_energy_pj[name])
         assert long_.dynamic_energy_pj[name] == pytest.approx(short.dynamic_energy_pj[name])
-    two = account(*_fake(total_cycles=1000, inferences=2))
-    assert sum(two.dynamic_energy_pj.values()) == pytest.approx(2 * 1611.08)
-    assert two.summary["energy_per_inference_uj"] == pytest.approx((1611.08 + 10760 / 2) * 1e-6)
-    assert two.layer_energy_pj == short.layer_energy_pj             # per inference
+    # more inferences in the same steady state: the same figures per inference
+    many = account(*_fake(interval_cycles=1000, inferences=8, total_cycles=9000))
+    assert many.summary == short.summary
+    assert many.layer_energy_pj == short.layer_energy_pj
+    run = many.to_dict()["energy"]["run"]
+    assert run["dynamic_pj"] == pytest.approx(8 * 1611.08)
+    assert run["leakage_pj"] == pytest.approx(10.76 * 9000)
 
 
 def test_every_figure_names_its_source_yaml_or_default():
@@ -191,17 +209,18 @@ def test_pipeline_totals_are_consistent(digits_run):
     assert isinstance(cost, CostResult)
     d = cost.to_dict()
     e = d["energy"]
-    assert e["total_pj"] == pytest.approx(sum(e["per_component_pj"].values()))
-    assert e["total_pj"] == pytest.approx(e["dynamic_pj"] + e["leakage_pj"])
-    # whole-run actions are the per-layer actions x inferences
-    assert sum(cost.layer_energy_pj.values()) * timing.inferences == pytest.approx(e["dynamic_pj"])
+    per_comp = e["per_component"]
+    assert e["per_inference_pj"] == pytest.approx(sum(v["total_pj"] for v in per_comp.values()))
+    assert e["per_inference_pj"] == pytest.approx(e["dynamic_per_inference_pj"]
+                                                  + e["leakage_per_inference_pj"])
+    # the whole run's actions are one inference's x inferences
+    assert sum(cost.layer_energy_pj.values()) == pytest.approx(e["dynamic_per_inference_pj"])
+    assert e["run"]["dynamic_pj"] == pytest.approx(timing.inferences * e["dynamic_per_inference_pj"])
     assert set(cost.layer_energy_pj) == {lt.name for lt in timing.layers}
-    time_ns = timing.total_cycles * 1000.0 / timing.clock_mhz
+    interval_ns = timing.interval_cycles * 1000.0 / timing.clock_mhz
     chip_leak_mw = sum(c.total_leakage_mw for c in chip_components(mapping.chip).values())
-    assert e["leakage_pj"] == pytest.approx(chip_leak_mw * time_ns)
-    assert cost.summary["power_w"] == pytest.approx(e["total_pj"] / time_ns * 1e-3)
-    assert cost.summary["tops_per_w"] == pytest.approx(
-        2 * mapping.network.total_macs() / e["per_inference_pj"])
+    assert e["leakage_per_inference_pj"] == pytest.approx(chip_leak_mw * interval_ns)
+    assert sum(cost.layer_leakage_pj.values()) == pytest.approx(e["leakage_per_inference_pj"])
     assert set(cost.summary) == SUMMARY_KEYS
     assert cost.summary["peak_tops"] == pytest.approx(peak_efficiency(mapping.chip)["peak_tops"])
     assert d["area"]["total_mm2"] == pytest.approx(cost.summary["area_mm2"])
@@ -215,3 +234,84 @@ def test_hybrid_beats_digital_on_energy_for_the_same_network():
         mapping = map_network(load_chip(name), net)
         out[name] = account(mapping, simulate_timing(mapping, 1)).summary
     assert out["pcm_hybrid"]["energy_per_inference_uj"] < out["digital_fp32"]["energy_per_inference_uj"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Steady-state figures that agree, on every shipped config
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resnet32_costs():
+    from archsim.config import SHIPPED_CONFIGS
+    from archsim.network import resnet_cifar
+    from archsim.timing import simulate_timing
+    net = resnet_cifar(32)
+    out = {}
+    for name in SHIPPED_CONFIGS:
+        mapping = map_network(load_chip(name), net)
+        out[name] = {n: account(mapping, simulate_timing(mapping, n)) for n in (1, 4, 16)}
+    return out
+
+
+@pytest.mark.parametrize("config", ["pcm_hybrid", "digital_fp32", "hermes"])
+def test_power_energy_throughput_and_tops_per_w_agree(resnet32_costs, config):
+    for n, cost in resnet32_costs[config].items():
+        s = cost.summary
+        e_j = s["energy_per_inference_uj"] * 1e-6
+        assert s["power_w"] == pytest.approx(e_j * s["inferences_per_s"], rel=1e-12)
+        assert s["tops_per_w"] == pytest.approx(s["tops"] / s["power_w"], rel=1e-12)
+        assert s["tops"] == pytest.approx(2 * 68_862_592 * s["inferences_per_s"] / 1e12, rel=1e-12)
+        assert s["energy_per_inference_uj"] == pytest.approx(
+            s["dynamic_energy_per_inference_uj"] + s["leakage_energy_per_inference_uj"])
+        # power = dynamic power + leakage power
+        assert s["power_w"] == pytest.approx(s["dynamic_energy_per_inference_uj"] * 1e-6
+                                             * s["inferences_per_s"] + s["leakage_power_w"])
+        # a single inference alone: dynamic + leakage over its latency
+        assert s["single_inference_energy_uj"] == pytest.approx(
+            s["dynamic_energy_per_inference_uj"]
+            + s["leakage_power_w"] * s["latency_ns"] * 1e-9 * 1e6)
+
+
+@pytest.mark.parametrize("config", ["pcm_hybrid", "digital_fp32", "hermes"])
+def test_energy_per_inference_does_not_depend_on_inferences_in_flight(resnet32_costs, config):
+    costs = resnet32_costs[config]
+    four, sixteen = costs[4].summary, costs[16].summary
+    for key in ("energy_per_inference_uj", "power_w", "tops_per_w", "tops"):
+        assert four[key] == pytest.approx(sixteen[key], rel=0.01), key
+    # one inference alone is the single-inference figure (no pipelining)
+    one = costs[1].summary
+    assert one["energy_per_inference_uj"] == pytest.approx(one["single_inference_energy_uj"])
+    assert four["single_inference_energy_uj"] == pytest.approx(one["single_inference_energy_uj"],
+                                                               rel=0.01)
+
+
+def test_power_gating_switches_unused_tiles_off_and_costs_wake_ups():
+    from archsim.network import resnet_cifar
+    from archsim.timing import simulate_timing
+    net = resnet_cifar(32)
+    plain = map_network(load_chip("pcm_hybrid"), net)
+    gated = map_network(load_chip("pcm_hybrid", overrides={"chip.tiles.power_gating": True}), net)
+    t_plain, t_gated = simulate_timing(plain, 4), simulate_timing(gated, 4)
+    c_plain, c_gated = account(plain, t_plain), account(gated, t_gated)
+    comps = chip_components(plain.chip)
+    # 39 of the 64 tiles hold arrays; the 25 others leak 5% of their tile leakage
+    assert len(t_gated.tiles_used) == 39
+    one_tile_mw = comps["tile_buffer"].leakage_mw.value + comps["tile_periphery"].leakage_mw.value
+    buffer_mw = c_gated.leakage_power_mw["tile_buffer"]
+    assert buffer_mw == pytest.approx(comps["tile_buffer"].leakage_mw.value * (39 + 25 * 0.05))
+    # mapped tiles: the periphery is off while idle for longer than the 100 ns wake-up
+    periphery_mw = c_gated.leakage_power_mw["tile_periphery"]
+    p = comps["tile_periphery"].leakage_mw.value
+    off = sum(t_gated.tile_gated_cycles[t] for t in t_gated.tiles_used) / t_gated.window_cycles
+    assert periphery_mw == pytest.approx(p * (39 + 25 * 0.05) - p * 0.95 * off)
+    assert 0 < off < 39
+    # waking up costs time: a row that found its tile asleep waits 100 cycles
+    assert t_gated.latency_cycles > t_plain.latency_cycles
+    assert t_gated.interval_cycles >= t_plain.interval_cycles
+    s = c_gated.summary
+    assert s["energy_per_inference_uj"] < c_plain.summary["energy_per_inference_uj"]
+    assert s["energy_per_inference_ungated_uj"] == pytest.approx(
+        s["dynamic_energy_per_inference_uj"]
+        + sum(c.total_leakage_mw for c in comps.values()) * t_gated.interval_cycles * 1e-6)
+    assert sum(c_plain.leakage_power_mw.values()) - sum(c_gated.leakage_power_mw.values()) \
+        >= 25 * one_tile_mw * 0.95 - 1e-9

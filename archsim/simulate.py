@@ -107,6 +107,7 @@ def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, 
     from . import accounting, functional, timing
     chip_cfg, wl = load(chip, workload, overrides=overrides, policy=policy, data_dir=data_dir)
     mapping = map_network(chip_cfg, wl.network)
+    tim = timing.simulate_timing(mapping, inferences)     # first: a capacity error stops it early
     acc = None
     if accuracy:
         policies = list(accuracy_policies or [chip_cfg.mapping.policy])
@@ -115,6 +116,5 @@ def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, 
         acc = accuracy_for(mappings, wl, times_s=times_s or functional.DEFAULT_TIMES_S,
                            seeds=seeds, calib_images=calib_images, test_images=test_images,
                            seed=seed, weights=weights, progress=progress)
-    tim = timing.simulate_timing(mapping, inferences)
     cost = accounting.account(mapping, tim)
     return RunResult(mapping, wl, acc, tim, cost)

@@ -90,7 +90,21 @@ after inference i (same hardware), so N in flight give the steady-state interval
 (tiles, digital cluster, links) serve the oldest inference first among those waiting (priority =
 inference index; no pre-emption), so later inferences fill idle slots without delaying earlier
 ones much.
-Not modelled: reprogramming for time-multiplexed mappings.
+Capacities (:func:`check_capacities`, before the run): every tile buffer must hold the input rows
+its consumers keep (a k x k conv of stride s: k + s rows; where a residual add joins two paths, the
+earlier operand's rows until the later one catches up: :func:`held_rows`), one output row per array
+and one row of partial sums at row block 0's tile; the digital units' SRAM (all units together)
+the FP32 weights of every digital layer, one input image, and its layers' rows. A buffer or SRAM
+that cannot is an error naming the YAML path, what does not fit and by how much.
+
+Power gating (``tiles.power_gating``): a tile idle for longer than its wake-up time is switched off
+and pays ``tiles.wake_up_ns`` before its next row; the cycles it was off are reported per tile
+(:mod:`archsim.accounting` charges its periphery's leakage accordingly; tiles without arrays are
+off throughout).
+
+Not modelled: back-pressure when a producer runs further ahead than the capacities above (the
+steady state is set by the slowest layer, which no upstream stall can speed up), reprogramming for
+time-multiplexed mappings.
 
 Results: per layer (first inference) start/end cycle, busy cycles (its hardware held), stall cycles
 (digital: SRAM stall; others: cycles inside [start, end] not busy, i.e. waiting for inputs, links
@@ -102,6 +116,7 @@ adds); latency of the first inference; ``interval_cycles`` = (last completion - 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import types
@@ -113,6 +128,7 @@ import simpy
 from .components import (FP32_BYTES, Router, SystolicArray, TileParts, chip_parts, ns_to_cycles,
                          systolic_cycles, systolic_sram_bytes, tile_parts)
 from .config import ChipConfig
+from .errors import ConfigError
 from .mapping import LayerMapping, Mapping
 from .network import INPUT, Layer, Network
 
@@ -264,6 +280,8 @@ class TimingResult:
     window_cycles: int = 0                  # steady-state window: first to last completion
     #   (the whole first inference when 1)
     tile_gated_cycles: tuple[int, ...] = () # per tile, cycles of the window it was power-gated
+    buffer_need_bytes: tuple[int, ...] = () # per tile, what its buffer must hold
+    sram_need_bytes: int = 0                # what the digital units' SRAM must hold
 
     def layer(self, name: str) -> LayerTiming:
         for lt in self.layers:
@@ -281,6 +299,8 @@ class TimingResult:
                 "tile_utilization": [round(u, 6) for u in self.tile_utilization],
                 "tiles_used": list(self.tiles_used), "window_cycles": self.window_cycles,
                 "tile_gated_cycles": list(self.tile_gated_cycles),
+                "buffer_need_bytes": list(self.buffer_need_bytes),
+                "sram_need_bytes": self.sram_need_bytes,
                 "layers": [lt.to_dict() for lt in self.layers]}
 
 
@@ -331,6 +351,10 @@ class _Edge:
     dst: _Node
     need: Callable[[int], int]          # consumer row -> last producer row it needs
     sends: list[tuple[int, int, int]]   # (src router, dst router, bytes) per producer row
+    first: Callable[[int], int] = lambda r: r   # consumer row -> first producer row it needs
+    need_free: Callable[[int], int] = lambda r: r   # need() not clamped at the producer's last row
+    row_bytes: dict[int, int] = field(default_factory=dict)   # router -> bytes of a row there
+    streams: bool = False               # the consumer folds each row in as it comes (running sum)
     arrivals: list[list[simpy.Event]] | None = None   # per inference, per producer row
 
 
@@ -361,18 +385,40 @@ def _vector_ops_per_row(layer: Layer, net: Network, row_values: int) -> int:
     return 0                                           # shortcut_a: a selection only
 
 
-def _need_fn(layer: Layer, declared_in: tuple[int, ...], src_rows: int) -> Callable[[int], int]:
-    """Consumer row r -> the last producer row it needs."""
+def _need_fn(layer: Layer, declared_in: tuple[int, ...], src_rows: int,
+             clamp: bool = True) -> Callable[[int], int]:
+    """Consumer row r -> the last producer row it needs (``clamp=False``: as if the producer had
+    rows beyond its last, for the capacity analysis)."""
     last = src_rows - 1
     if len(declared_in) != 3 or src_rows == 1 or layer.kind in ("linear", "globalavgpool",
                                                                  "flatten"):
         return lambda r: last
+    cap = last if clamp else math.inf
     if layer.kind in ("conv2d", "maxpool", "avgpool"):
         k, s, p = layer.kernel, layer.stride, layer.padding
-        return lambda r: min(last, r * s - p + k - 1)
+        return lambda r: min(cap, r * s - p + k - 1)
+    if layer.kind == "shortcut_a":
+        return lambda r: min(cap, 2 * r)
+    return lambda r: min(cap, r)
+
+
+def _first_fn(layer: Layer, declared_in: tuple[int, ...], src_rows: int) -> Callable[[int], int]:
+    """Consumer row r -> the first producer row it needs (rows before it can be freed)."""
+    last = src_rows - 1
+    if len(declared_in) != 3 or src_rows == 1 or layer.kind in ("linear", "globalavgpool",
+                                                                 "flatten"):
+        return lambda r: 0
+    if layer.kind in ("conv2d", "maxpool", "avgpool"):
+        s, p = layer.stride, layer.padding
+        return lambda r: min(last, max(0, r * s - p))
     if layer.kind == "shortcut_a":
         return lambda r: min(last, 2 * r)
     return lambda r: min(last, r)
+
+
+def _streams_input(layer: Layer) -> bool:
+    """The layer folds its input rows into a running result as they arrive (global pooling)."""
+    return layer.kind == "globalavgpool"
 
 
 class _Plan:
@@ -457,13 +503,17 @@ class _Plan:
                 nbytes = FP32_BYTES if (D in [r for r, _ in src.loc] or
                                         D in [r for r, _ in dst_loc]) else analog_bytes
                 sends = []
+                row_bytes: dict[int, int] = {}
                 for s, fs in src.loc:
                     for d_, gd in dst_loc:
+                        b = math.ceil(src.row_values * nbytes * fs * gd)
+                        row_bytes[d_] = row_bytes.get(d_, 0) + b
                         if s != d_:
-                            b = math.ceil(src.row_values * nbytes * fs * gd)
                             sends.append((s, d_, b))
                             add_actions(node, "interconnect.byte_hop", src.rows * b * ic.hops(s, d_))
-                edge = _Edge(src, node, need, sends)
+                edge = _Edge(src, node, need, sends, _first_fn(layer, declared, src.rows),
+                             _need_fn(layer, declared, src.rows, clamp=False),
+                             row_bytes, _streams_input(layer))
                 node.inputs.append(edge)
                 self.edges.append(edge)
             self.nodes.append(node)
@@ -488,6 +538,139 @@ class _Plan:
             widest = max(a.weight_cols_used for a in lm.arrays)
             node.accumulate = self.vector.cycles(width * widest * (lm.row_blocks - 1))
         return node
+
+
+# ------------------------------------------------------------------------------------------
+# Capacities: what the schedule needs each tile buffer and the digital SRAM to hold
+# ------------------------------------------------------------------------------------------
+
+def held_rows(plan: _Plan) -> dict[int, int]:
+    """Producer rows each edge keeps in its consumer's buffer at most (keyed by ``id(edge)``).
+
+    A consumer keeps the rows its current output row needs (from ``first(r)``) while the rows for
+    its next output row arrive (up to ``need(r + 1)``): a k x k conv of stride s keeps k + s rows.
+    Where operands join (a residual add), an operand that is ready earlier waits for the other:
+    its rows are kept from the current row up to the last one producible from the rows of the
+    operands' nearest common ancestor that the other operand's path waits for (the shortcut of a
+    ResNet block: 4 rows, 3 after an option-A shortcut). A consumer folding rows into a running
+    result (global pooling) keeps 2 rows."""
+    nodes = [plan.input, *plan.nodes]
+    order = {id(n): i for i, n in enumerate(nodes)}
+    anc: dict[int, set[int]] = {id(plan.input): {id(plan.input)}}
+    for node in plan.nodes:
+        anc[id(node)] = {id(node)}.union(*(anc[id(e.src)] for e in node.inputs))
+    memo: dict[tuple[int, int, int], int] = {}
+
+    def need_to(x: _Node, a: int, r: int) -> int:
+        """Row r of x -> the last row of ancestor a it needs (max over the paths; rows past the
+        ends extrapolated, so the image's last rows do not look all available at once)."""
+        key = (id(x), a, r)
+        if key not in memo:
+            if id(x) == a:
+                memo[key] = r
+            else:
+                memo[key] = max(need_to(e.src, a, e.need_free(r)) for e in x.inputs
+                                if a in anc[id(e.src)])
+        return memo[key]
+
+    out = {}
+    for node in plan.nodes:
+        srcs = [e.src for e in node.inputs]
+        common = set.intersection(*(anc[id(s)] for s in srcs))
+        a = max(common, key=lambda k: order[k])
+        for e in node.inputs:
+            if e.streams:
+                out[id(e)] = min(2, e.src.rows)
+                continue
+            need_u = [need_to(e.src, a, q) for q in range(e.src.rows)]
+            held = 1
+            for r in range(node.rows):
+                r1 = min(r + 1, node.rows - 1)
+                avail = bisect.bisect_right(need_u, need_to(node, a, r1)) - 1
+                avail = min(max(avail, e.need(r1)), e.src.rows - 1)
+                held = max(held, avail - e.first(r) + 1)
+            out[id(e)] = min(held, e.src.rows)
+    return out
+
+
+def buffer_needs(plan: _Plan) -> dict[int, list[tuple[str, str, int]]]:
+    """Router -> what its buffer must hold (kind, description, bytes): the input rows each consumer keeps
+    (:func:`held_rows`), one output row per array (the row being written and sent), the partial
+    sums of one row at row block 0's tile; at the digital units (router ``digital``) also the FP32
+    weights of the digital layers and one input image."""
+    chip = plan.chip.chip
+    D = chip.tiles.count
+    out_bytes = math.ceil(chip.tiles.adc.bits / 8)
+    held = held_rows(plan)
+    needs: dict[int, list[tuple[str, str, int]]] = {}
+
+    def add(router: int, kind: str, what: str, nbytes: int) -> None:
+        if nbytes > 0:
+            needs.setdefault(router, []).append((kind, what, int(nbytes)))
+
+    add(D, "input image", "input image (FP32)",
+        plan.input.rows * plan.input.row_values * FP32_BYTES)
+    for node in plan.nodes:
+        for e in node.inputs:
+            if e.src is plan.input and node.role == "digital":
+                continue                     # read from the input image held above
+            for router, b in e.row_bytes.items():
+                add(router, "input rows", f"{held[id(e)]} rows of {e.src.name} for {node.name}",
+                    held[id(e)] * b)
+        if node.role == "analog":
+            width = node.row_values // max(node.lm.n, 1)
+            for a in node.lm.arrays:
+                add(a.tile, "output rows", f"output row of {node.name}",
+                    width * a.weight_cols_used * out_bytes)
+            for _s, home, b in node.psums:
+                add(home, "partial sums", f"partial sums of {node.name}", b)
+        elif node.role == "digital":
+            add(D, "weights", f"weights of {node.name} (FP32)", node.lm.k * node.lm.n * FP32_BYTES)
+            add(D, "output rows", f"output row of {node.name} (FP32)",
+                node.row_values * FP32_BYTES)
+    return needs
+
+
+def check_capacities(plan: _Plan, parts: TMapping) -> dict[int, int]:
+    """Bytes each buffer must hold (router -> bytes); raises ConfigError naming the YAML path when
+    a tile buffer or the digital SRAM cannot hold what the schedule needs, and by how much."""
+    chip = plan.chip
+    D = chip.chip.tiles.count
+    needs = buffer_needs(plan)
+    totals = {router: sum(b for _, _, b in items) for router, items in needs.items()}
+    worst = None
+    for router, need in totals.items():
+        if router == D:
+            cap, path = parts["sram"].capacity_bytes, "chip.digital.sram.kib"
+            where = f"the digital units' SRAM ({chip.chip.digital.units} x " \
+                    f"{chip.chip.digital.sram.kib:g} KiB)"
+        else:
+            cap, path = parts["tile_buffer"].capacity_bytes, "chip.tiles.buffer.kib"
+            where = f"tile {router}'s buffer ({chip.chip.tiles.buffer.kib:g} KiB)"
+        short = need - cap
+        if short > 0 and (worst is None or short > worst[0]):
+            worst = (short, router, path, where, need)
+    if worst is not None:
+        short, router, path, where, need = worst
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for kind, what, b in needs[router]:
+            groups.setdefault(kind, []).append((what, b))
+        parts_text = []
+        for kind, items in sorted(groups.items(), key=lambda kv: -sum(b for _, b in kv[1])):
+            top = max(items, key=lambda x: x[1])
+            detail = top[0] if len(items) == 1 else f"{len(items)} items, largest {top[0]} " \
+                                                     f"{_size(top[1])}"
+            parts_text.append(f"{kind} {_size(sum(b for _, b in items))} ({detail})")
+        raise ConfigError(chip.file, path,
+                          f"{where} cannot hold what the schedule needs: {_size(need)}: "
+                          f"{'; '.join(parts_text)}; short by {_size(short)}")
+    return totals
+
+
+def _size(nbytes: float) -> str:
+    if nbytes >= 1024 * 1024:
+        return f"{nbytes / 1024 / 1024:.3g} MiB"
+    return f"{nbytes / 1024:.3g} KiB"
 
 
 # ------------------------------------------------------------------------------------------
@@ -791,7 +974,7 @@ def _run(env: simpy.Environment) -> int:
     return events
 
 
-def _result(hw: Hardware, plan: _Plan, events: int) -> TimingResult:
+def _result(hw: Hardware, plan: _Plan, events: int, needs: TMapping[int, int]) -> TimingResult:
     chip = hw.chip.chip
     n = hw.n
     total = int(hw.env.now)
@@ -828,7 +1011,9 @@ def _result(hw: Hardware, plan: _Plan, events: int) -> TimingResult:
         tile_utilization=tuple(t.busy_cycles / total if total else 0.0 for t in hw.tiles),
         events=events, tiles_used=tuple(t.index for t in hw.tiles if t.arrays),
         window_cycles=w1 - w0,
-        tile_gated_cycles=tuple(t.gated_cycles(w0, w1, total) for t in hw.tiles))
+        tile_gated_cycles=tuple(t.gated_cycles(w0, w1, total) for t in hw.tiles),
+        buffer_need_bytes=tuple(needs.get(t.index, 0) for t in hw.tiles),
+        sram_need_bytes=needs.get(hw.ic.digital_node, 0))
 
 
 def simulate_timing(mapping: Mapping, inferences: int = 1) -> TimingResult:
@@ -836,4 +1021,5 @@ def simulate_timing(mapping: Mapping, inferences: int = 1) -> TimingResult:
     if inferences < 1:
         raise ValueError(f"inferences must be >= 1, got {inferences}")
     hw, plan = setup(mapping, int(inferences))
-    return _result(hw, plan, _run(hw.env))
+    needs = check_capacities(plan, hw.parts)
+    return _result(hw, plan, _run(hw.env), needs)

@@ -6,6 +6,7 @@ import simpy
 import pytest
 
 from archsim.config import load_chip
+from archsim.errors import ConfigError
 from archsim.mapping import map_network
 from archsim.network import INPUT, Layer, Network, resnet_cifar
 from archsim.timing import (Interconnect, MvmStages, mvm_stages, peak_figures, simulate_timing,
@@ -309,3 +310,57 @@ def test_arrays_sharing_a_tile_run_one_after_another():
     # input halves sent one after the other to tile 0: [0,1], [1,2] + 1 hop -> 3
     assert (a.start_cycle, a.end_cycle, a.busy_cycles) == (3, 3 + 2 * 270 + 1, 540)
     assert "interconnect.byte_hop" in a.actions and a.actions["interconnect.byte_hop"] == 2 * 256
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacities bind: a buffer or SRAM too small for the schedule is an error, never a free lunch
+# ---------------------------------------------------------------------------------------------
+
+def test_buffer_need_of_one_conv_is_its_input_rows_and_output_row():
+    # 1x1 conv on one 4-pixel row: the input row (4 px x 64 ch, FP32 from the digital side) =
+    # 1024 B, and the output row being written (4 px x 32 columns x 1 B ADC codes) = 128 B
+    res = simulate_timing(map_network(chip(**SINGLE), one_conv()))
+    assert res.buffer_need_bytes == (1024 + 128,)
+    with pytest.raises(ConfigError) as exc:
+        simulate_timing(map_network(chip(**SINGLE, **{"chip.tiles.buffer.kib": 1.0}), one_conv()))
+    err = exc.value
+    assert err.yaml_path == "chip.tiles.buffer.kib"
+    assert "tile 0" in str(err) and "1.12 KiB" in str(err) and "input rows 1 KiB" in str(err) and "short by 0.125 KiB" in str(err)
+    assert "\n" not in str(err)
+
+
+def test_held_rows_of_a_resnet_block():
+    from archsim.timing import held_rows, setup
+    _, plan = setup(map_network(load_chip("pcm_hybrid"), resnet_cifar(32)), 1)
+    held = {(e.src.name, n.name): h for n in plan.nodes for e in n.inputs
+            for h in [held_rows(plan)[id(e)]]}
+    # a 3x3 conv keeps its 3 window rows + the next row arriving (stride 2: + 2 rows)
+    assert held[("conv1", "layer1.0.conv1")] == 4
+    assert held[("layer1.4.add", "layer2.0.conv1")] == 5
+    # the residual add keeps the block input from row r until conv1 -> conv2 produce row r + 1
+    # (they need input rows up to r + 3): 4 rows; the conv2 output it adds: 2 rows
+    assert held[("conv1", "layer1.0.add")] == 4
+    assert held[("layer1.0.conv2", "layer1.0.add")] == 2
+    # option-A shortcut (stride 2): rows 2r .. 2r + 2, then 3 rows of its output at the add
+    assert held[("layer1.4.add", "layer2.0.shortcut")] == 3
+    assert held[("layer2.0.shortcut", "layer2.0.add")] == 3
+    # global pooling folds rows in as they come
+    assert held[("layer3.4.add", "avgpool")] == 2
+
+
+@pytest.mark.parametrize("config, path, override", [
+    ("pcm_hybrid", "chip.tiles.buffer.kib", 0.001),
+    ("pcm_hybrid", "chip.digital.sram.kib", 4),
+    ("digital_fp32", "chip.digital.sram.kib", 256),      # 4 units x 256 KiB < 1.9 MB of weights
+])
+def test_too_small_buffer_or_sram_is_an_error_not_a_free_lunch(config, path, override):
+    net = resnet_cifar(32)
+    ok = simulate_timing(map_network(load_chip(config), net))
+    need = ok.sram_need_bytes if "sram" in path else max(ok.buffer_need_bytes)
+    with pytest.raises(ConfigError) as exc:
+        simulate_timing(map_network(load_chip(config, overrides={path: override}), net))
+    assert exc.value.yaml_path == path
+    size = f"{need / 2**20:.3g} MiB" if need >= 2**20 else f"{need / 1024:.3g} KiB"
+    assert f"needs: {size}" in str(exc.value) and "short by" in str(exc.value)
+    if config == "digital_fp32":
+        assert "weights of" in str(exc.value)

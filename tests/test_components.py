@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from archsim.components import (ENERGY_NODE_EXPONENT, action_energy_pj, adc_energy_default,
+from archsim.components import (ENERGY_NODE_EXPONENT, action_energy_pj, adc_area_model,
+                                adc_energy_model,
                                 chip_components, full_mvm_actions, integration_time_ns,
                                 sram_energy_default)
 from archsim.config import load_chip
@@ -35,19 +36,62 @@ def test_sram_energy_by_capacity_follows_horowitz_points():
     assert sram_energy_default(2048).value == pytest.approx(100 * 2 ** slope / 8)
 
 
-def test_adc_default_is_the_survey_fit_and_has_no_default_outside_it():
-    assert adc_energy_default(8).value == pytest.approx(0.36)
-    assert adc_energy_default(10).value == pytest.approx(0.7)
-    assert adc_energy_default(7).value == pytest.approx(math.sqrt(0.23 * 0.36))
-    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.adc.bits": 12})
+def test_adc_default_is_the_survey_frontier_for_its_bits_and_sample_rate():
+    # Walden FOM at the Murmann-survey frontier: log10(FOMW / fJ) = -1.1115 + 0.2260 log10 fs
+    fomw_1g = 10 ** (-1.1115 + 0.2260 * 9)                   # 8.36 fJ/step at 1 GS/s
+    assert adc_energy_model(8, 1e9, 14).value == pytest.approx(fomw_1g * 256 / 1000)    # 2.14 pJ
+    assert adc_energy_model(6, 1e9, 14).value == pytest.approx(fomw_1g * 64 / 1000)
+    assert adc_energy_model(8, 1e9, 14).value == pytest.approx(2.14, rel=0.01)
+    # slower converters are more efficient: 8 bit at HERMES' 76.8 ns (13 MS/s): 0.80 pJ
+    hermes_rate = 1e9 / 76.8
+    assert adc_energy_model(8, hermes_rate, 14).value == pytest.approx(0.80, rel=0.01)
+    # frontier designs are at 28 nm and finer: no credit below 28 nm, scaled up above it
+    assert adc_energy_model(8, 1e9, 7).value == adc_energy_model(8, 1e9, 28).value
+    assert adc_energy_model(8, 1e9, 45).value == pytest.approx(
+        adc_energy_model(8, 1e9, 28).value * (45 / 28) ** ENERGY_NODE_EXPONENT)
+    # area: 10^(-4.1739 + 0.1646 b + 0.4605 log10 fs + 1.6818 log10 node)
+    assert adc_area_model(8, 1e9, 14).value == pytest.approx(
+        10 ** (-4.1739 + 0.1646 * 8 + 0.4605 * 9 + 1.6818 * math.log10(14)))     # ~1640 um2
+    assert adc_area_model(8, 1e9, 14).value == pytest.approx(1640, rel=0.01)
+    # the shipped default chip: 8 bit, 1 ns conversions at 14 nm
+    comps = chip_components(load_chip("pcm_hybrid"))
+    assert comps["adc"].energy_pj["conversion"].value == pytest.approx(fomw_1g * 256 / 1000)
+    assert "Murmann" in comps["adc"].energy_pj["conversion"].source
+    assert comps["adc"].area_um2.value == pytest.approx(adc_area_model(8, 1e9, 14).value)
+    # HERMES keeps its silicon-calibrated 43.8 pJ: 55x the frontier figure at its speed
+    hermes = chip_components(load_chip("hermes"))["adc"].energy_pj["conversion"].value
+    assert hermes == 43.8
+    assert hermes / adc_energy_model(8, hermes_rate, 14).value == pytest.approx(55, rel=0.02)
+
+
+def test_adc_has_no_default_outside_the_survey_fit():
+    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.adc.bits": 14})
     with pytest.raises(ConfigError) as exc:
         chip_components(chip)
-    assert exc.value.yaml_path == "chip.tiles.adc.energy_pj"
-    assert "12-bit" in str(exc.value) and "pcm_hybrid.yaml" in str(exc.value)
+    assert exc.value.yaml_path in ("chip.tiles.adc.energy_pj", "chip.tiles.adc.area_um2")
+    assert "14-bit" in str(exc.value) and "pcm_hybrid.yaml" in str(exc.value)
     assert "\n" not in str(exc.value)
-    fixed = load_chip("pcm_hybrid", overrides={"chip.tiles.adc.bits": 12,
-                                               "chip.tiles.adc.energy_pj": 2.5})
+    fixed = load_chip("pcm_hybrid", overrides={"chip.tiles.adc.bits": 14,
+                                               "chip.tiles.adc.energy_pj": 2.5,
+                                               "chip.tiles.adc.area_um2": 3000.0})
     assert chip_components(fixed)["adc"].energy_pj["conversion"].value == 2.5
+    slow = load_chip("pcm_hybrid", overrides={"chip.tiles.adc.conversion_ns": 5000.0})  # 200 kS/s
+    with pytest.raises(ConfigError, match="0.2 MS/s"):
+        chip_components(slow)
+
+
+def test_pcm_cell_area_is_50_f_squared():
+    comps = chip_components(load_chip("pcm_hybrid"))
+    cell = 50 * 0.014 ** 2                                    # 0.0098 um2 at 14 nm
+    assert comps["pcm_array"].area_um2.value == pytest.approx(512 * 512 * cell)
+    assert "50 F^2" in comps["pcm_array"].area_um2.source and "0.0098 um2" in comps["pcm_array"].area_um2.source
+
+
+def test_every_zero_area_part_says_why():
+    for name in ("pcm_hybrid", "digital_fp32", "hermes"):
+        for comp in chip_components(load_chip(name)).values():
+            if comp.count and comp.area_um2.value == 0:
+                assert comp.area_um2.source.startswith(("none", "no analog")), comp.name
 
 
 def test_interconnect_energy_has_no_default_without_a_wire_length():
@@ -142,5 +186,5 @@ def test_a_missing_energy_default_never_stops_the_timing_model():
     from archsim.network import digits_cnn
     from archsim.mapping import map_network
     from archsim.timing import simulate_timing
-    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.adc.bits": 12})
+    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.adc.bits": 14})
     assert simulate_timing(map_network(chip, digits_cnn())).latency_cycles > 0

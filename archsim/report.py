@@ -102,43 +102,122 @@ def accuracy_table(acc: dict, tablefmt: str = "simple") -> str:
                     disable_numparse=True)
 
 
+NOT_ATTRIBUTED = "(not attributed: unused tiles)"
+
+
 def timing_table(report: dict, tablefmt: str = "simple") -> str:
+    """Per layer: cycles (first inference), and energy per inference: dynamic (its actions) and
+    leakage (of the hardware it holds over one steady-state interval)."""
     timing = report["timing"]
-    layer_energy = report.get("energy", {}).get("per_layer_pj", {})
+    energy = report.get("energy", {})
+    dynamic = energy.get("per_layer_pj", {})
+    leakage = energy.get("per_layer_leakage_pj", {})
     rows = []
     for lt in timing["layers"]:
         rows.append([lt["name"], lt["placement"], f"{lt['start_cycle']:,}", f"{lt['end_cycle']:,}",
                      f"{lt['busy_cycles']:,}", f"{lt['stall_cycles']:,}", f"{lt['mvms']:,}",
-                     f"{layer_energy.get(lt['name'], 0.0) / 1e3:.4g}"])
+                     f"{dynamic.get(lt['name'], 0.0) / 1e3:.4g}",
+                     _opt(leakage.get(lt["name"]), 1e-3)])
+    if leakage.get(NOT_ATTRIBUTED):
+        rows.append([NOT_ATTRIBUTED, "", "", "", "", "", "", "0",
+                     _opt(leakage[NOT_ATTRIBUTED], 1e-3)])
     return tabulate(rows, headers=["layer", "placement", "start cycle", "end cycle", "busy",
-                                   "stall", "MVMs", "energy nJ"], tablefmt=tablefmt,
-                    disable_numparse=True)
+                                   "stall", "MVMs", "dynamic nJ", "leakage nJ"],
+                    tablefmt=tablefmt, disable_numparse=True)
+
+
+def _opt(value, scale: float) -> str:
+    return "-" if value is None else f"{value * scale:.4g}"
+
+
+def component_rows(report: dict) -> list[dict]:
+    """Per component, one inference in steady state: dynamic, leakage and total energy (pJ),
+    leakage power (mW) and area (um2); from a report of any version (older ones have totals only)."""
+    energy = report.get("energy", {})
+    area = report.get("area", {}).get("per_component_um2", {})
+    per = energy.get("per_component")
+    if per is None:
+        totals = energy.get("per_component_pj_per_inference", energy.get("per_component_pj", {}))
+        per = {k: {"total_pj": v} for k, v in totals.items()}
+    rows = []
+    for name in sorted(set(per) | set(area), key=lambda n: -per.get(n, {}).get("total_pj", 0.0)):
+        e = per.get(name, {})
+        rows.append({"component": name, "dynamic_pj": e.get("dynamic_pj"),
+                     "leakage_pj": e.get("leakage_pj"), "total_pj": e.get("total_pj", 0.0),
+                     "leakage_mw": e.get("leakage_mw"), "area_um2": area.get(name, 0.0)})
+    return rows
 
 
 def component_table(report: dict, tablefmt: str = "simple") -> str:
-    energy = report["energy"]
-    area = report["area"]
-    per_inf = energy.get("per_component_pj_per_inference", energy.get("per_component_pj", {}))
-    total_e = sum(per_inf.values()) or 1.0
-    total_a = sum(area["per_component_um2"].values()) or 1.0
-    names = sorted(set(per_inf) | set(area["per_component_um2"]),
-                   key=lambda n: -per_inf.get(n, 0.0))
-    rows = []
-    for name in names:
-        e = per_inf.get(name, 0.0)
-        a = area["per_component_um2"].get(name, 0.0)
-        rows.append([name, f"{e / 1e6:.4g}", f"{100 * e / total_e:.1f}%", f"{a / 1e6:.4g}",
-                     f"{100 * a / total_a:.1f}%"])
-    rows.append(["total", f"{total_e / 1e6:.4g}", "100%", f"{total_a / 1e6:.4g}", "100%"])
-    return tabulate(rows, headers=["component", "energy uJ/inference", "share", "area mm2",
-                                   "share"], tablefmt=tablefmt, disable_numparse=True)
+    rows = component_rows(report)
+    total_e = sum(r["total_pj"] for r in rows) or 1.0
+    total_a = sum(r["area_um2"] for r in rows) or 1.0
+
+    def col_sum(key):
+        vals = [r[key] for r in rows if r[key] is not None]
+        return sum(vals) if vals else None
+    out = []
+    for r in rows:
+        out.append([r["component"], _opt(r["dynamic_pj"], 1e-6), _opt(r["leakage_pj"], 1e-6),
+                    f"{r['total_pj'] / 1e6:.4g}", f"{100 * r['total_pj'] / total_e:.1f}%",
+                    _opt(r["leakage_mw"], 1.0), f"{r['area_um2'] / 1e6:.4g}",
+                    f"{100 * r['area_um2'] / total_a:.1f}%"])
+    out.append(["total", _opt(col_sum("dynamic_pj"), 1e-6), _opt(col_sum("leakage_pj"), 1e-6),
+                f"{total_e / 1e6:.4g}", "100%", _opt(col_sum("leakage_mw"), 1.0),
+                f"{total_a / 1e6:.4g}", "100%"])
+    return tabulate(out, headers=["component", "dynamic uJ/inf", "leakage uJ/inf", "total uJ/inf",
+                                  "share", "leakage mW", "area mm2", "share"],
+                    tablefmt=tablefmt, disable_numparse=True)
+
+
+def energy_note(report: dict) -> str:
+    """How the per-inference energy is made, with the interval and leakage power of this run."""
+    e = report.get("energy", {})
+    if "interval_ns" not in e:
+        return ""
+    note = (f"Energy per inference in steady state = dynamic (one inference's actions x energy per "
+            f"action) + leakage ({e['leakage_power_mw']:.4g} mW x the "
+            f"{_si(e['interval_ns'] * 1e-9, 's')} interval between inferences); "
+            f"one inference alone: {e['single_inference_pj'] / 1e6:.4g} uJ over "
+            f"{_si(e['latency_ns'] * 1e-9, 's')}.")
+    s = report.get("summary", {})
+    if "energy_per_inference_ungated_uj" in s:
+        note += (f" Idle tiles power-gated: {s['energy_per_inference_uj']:.4g} uJ and "
+                 f"{s['power_w']:.4g} W, against {s['energy_per_inference_ungated_uj']:.4g} uJ and "
+                 f"{s['power_ungated_w']:.4g} W without gating.")
+    return note
+
+
+def capacity_note(report: dict) -> str:
+    """Largest tile-buffer need and the SRAM need against their capacities."""
+    t = report.get("timing", {})
+    cfg = report.get("chip", {}).get("config", {}).get("chip")
+    needs = t.get("buffer_need_bytes")
+    if not needs or cfg is None:
+        return ""
+    worst = max(range(len(needs)), key=lambda i: needs[i])
+    d = cfg["digital"]
+    util = t.get("tile_utilization") or []
+    used = t.get("tiles_used", [])
+    busy = (f" {len(used)} of {len(util)} tiles hold arrays; busy {100 * sum(util) / len(util):.1f}%"
+            f" of the run on average, {100 * max(util):.1f}% at most." if util else "")
+    return (f"Capacities: the fullest tile buffer (tile {worst}) must hold "
+            f"{needs[worst] / 1024:.3g} of {cfg['tiles']['buffer']['kib']:g} KiB; the digital SRAM "
+            f"{t.get('sram_need_bytes', 0) / 1024:.4g} of {d['units'] * d['sram']['kib']:g} KiB."
+            + busy)
 
 
 SUMMARY_ROWS = (
     ("latency_ns", "latency per inference", lambda v: _si(v * 1e-9, "s")),
     ("inferences_per_s", "throughput", lambda v: f"{v:,.1f} inf/s"),
     ("energy_per_inference_uj", "energy per inference", lambda v: f"{v:.4g} uJ"),
-    ("power_w", "average power", lambda v: f"{v:.4g} W"),
+    ("dynamic_energy_per_inference_uj", "  of which dynamic", lambda v: f"{v:.4g} uJ"),
+    ("leakage_energy_per_inference_uj", "  of which leakage", lambda v: f"{v:.4g} uJ"),
+    ("energy_per_inference_ungated_uj", "  without power gating", lambda v: f"{v:.4g} uJ"),
+    ("power_w", "power", lambda v: f"{v:.4g} W"),
+    ("leakage_power_w", "  leakage power", lambda v: f"{v:.4g} W"),
+    ("power_ungated_w", "  without power gating", lambda v: f"{v:.4g} W"),
+    ("single_inference_energy_uj", "energy of one inference alone", lambda v: f"{v:.4g} uJ"),
     ("tops", "TOPS (workload)", lambda v: f"{v:.4g}"),
     ("tops_per_w", "TOPS/W (workload)", lambda v: f"{v:.4g}"),
     ("area_mm2", "area", lambda v: f"{v:.4g} mm2"),
@@ -179,7 +258,8 @@ def terminal_report(report: dict) -> str:
                       f"{t['interval_cycles']:,} cycles, {t['throughput_inferences_per_s']:,.1f} "
                       "inferences/s", timing_table(report)]
     if report.get("energy"):
-        parts += ["", "Energy and area per component:", component_table(report)]
+        parts += ["", "Energy per inference and area per component:", component_table(report)]
+        parts += [x for x in (energy_note(report), capacity_note(report)) if x]
     if report.get("summary"):
         parts += ["", "Summary:", summary_table(report["summary"])]
     return "\n".join(parts)
@@ -213,6 +293,7 @@ def markdown_report(report: dict, plots: Sequence[str] = ()) -> str:
                "inferences/s.", "", timing_table(report, "github"), ""]
     if report.get("energy"):
         md += ["## Energy and area", "", component_table(report, "github"), ""]
+        md += [x for x in (energy_note(report), capacity_note(report)) if x] + [""]
         md += [f"![breakdown]({p})" for p in plots if "breakdown" in p] + [""]
         md += ["## Sources of figures", "", sources_table(report, "github"), ""]
     return "\n".join(md)
@@ -221,19 +302,36 @@ def markdown_report(report: dict, plots: Sequence[str] = ()) -> str:
 def layers_csv(report: dict) -> str:
     buf = io.StringIO()
     mapping = {lm["name"]: lm for lm in report["mapping"]["layers"]}
-    layer_energy = report.get("energy", {}).get("per_layer_pj", {})
+    energy = report.get("energy", {})
+    dynamic = energy.get("per_layer_pj", {})
+    leakage = energy.get("per_layer_leakage_pj", {})
     fields = ["name", "kind", "placement", "k", "n", "row_blocks", "col_blocks", "arrays",
               "utilization", "macs", "start_cycle", "end_cycle", "busy_cycles", "stall_cycles",
-              "mvms", "energy_pj"]
+              "mvms", "dynamic_energy_pj", "leakage_energy_pj"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for lt in (report.get("timing") or {}).get("layers", []):
         row = {**mapping.get(lt["name"], {}), **lt}
-        row["energy_pj"] = layer_energy.get(lt["name"], "")
+        row["dynamic_energy_pj"] = dynamic.get(lt["name"], "")
+        row["leakage_energy_pj"] = leakage.get(lt["name"], "")
         writer.writerow(row)
+    if leakage.get(NOT_ATTRIBUTED):
+        writer.writerow({"name": NOT_ATTRIBUTED, "leakage_energy_pj": leakage[NOT_ATTRIBUTED]})
     if not report.get("timing"):
         for lm in report["mapping"]["layers"]:
             writer.writerow(lm)
+    return buf.getvalue()
+
+
+def components_csv(report: dict) -> str:
+    """Per component: energy per inference (dynamic, leakage, total; pJ), leakage power (mW),
+    area (um2)."""
+    buf = io.StringIO()
+    fields = ["component", "dynamic_pj", "leakage_pj", "total_pj", "leakage_mw", "area_um2"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in component_rows(report):
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -286,19 +384,55 @@ def render_plots(report: dict) -> dict[str, bytes]:
         if png is not None:
             out["accuracy_vs_time.png"] = png
     if report.get("energy"):
-        energy = report["energy"].get("per_component_pj_per_inference",
-                                      report["energy"].get("per_component_pj", {}))
-        area = report["area"]["per_component_um2"]
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
-        for ax, data, unit, scale in ((ax1, energy, "energy per inference (uJ)", 1e-6),
-                                      (ax2, area, "area (mm2)", 1e-6)):
-            items = sorted(((k, v * scale) for k, v in data.items() if v > 0), key=lambda kv: kv[1])
-            ax.barh([k for k, _ in items], [v for _, v in items])
-            ax.set_xlabel(unit)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        _energy_bars(ax1, [report])
+        _area_bars(ax2, [report])
         fig.suptitle(f"{report['chip']['name']}: breakdown")
         fig.tight_layout()
         out["breakdown.png"] = _png(fig, plt)
     return out
+
+
+def _bar_layout(reports: Sequence[dict], value) -> tuple[list[str], float]:
+    """Components with a non-zero value in any report, smallest first; bar height."""
+    names = {r["component"] for rep in reports for r in component_rows(rep) if value(r) > 0}
+    order = sorted(names, key=lambda n: max(
+        (value(r) for rep in reports for r in component_rows(rep) if r["component"] == n),
+        default=0.0))
+    return order, 0.8 / len(reports)
+
+
+def _energy_bars(ax, reports: Sequence[dict]) -> None:
+    """Energy per inference per component: dynamic and leakage stacked, one bar per chip."""
+    names, h = _bar_layout(reports, lambda r: r["total_pj"])
+    for i, rep in enumerate(reports):
+        rows = {r["component"]: r for r in component_rows(rep)}
+        y = [k + (i - (len(reports) - 1) / 2) * h for k in range(len(names))]
+        dyn = [(rows[n]["dynamic_pj"] if rows.get(n) and rows[n]["dynamic_pj"] is not None
+                else rows.get(n, {}).get("total_pj", 0.0)) * 1e-6 for n in names]
+        leak = [((rows[n]["leakage_pj"] or 0.0) if rows.get(n) else 0.0) * 1e-6 for n in names]
+        tag = rep["chip"]["name"] if len(reports) > 1 else ""
+        bars = ax.barh(y, dyn, height=h, label=f"{tag} dynamic".strip())
+        ax.barh(y, leak, left=dyn, height=h, color=bars.patches[0].get_facecolor() if bars.patches
+                else None, alpha=0.45, hatch="//", label=f"{tag} leakage".strip())
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("energy per inference (uJ)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _area_bars(ax, reports: Sequence[dict]) -> None:
+    names, h = _bar_layout(reports, lambda r: r["area_um2"])
+    for i, rep in enumerate(reports):
+        rows = {r["component"]: r for r in component_rows(rep)}
+        y = [k + (i - (len(reports) - 1) / 2) * h for k in range(len(names))]
+        ax.barh(y, [rows.get(n, {}).get("area_um2", 0.0) * 1e-6 for n in names], height=h,
+                label=rep["chip"]["name"] if len(reports) > 1 else None)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("area (mm2)")
+    if len(reports) > 1:
+        ax.legend(fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def _png(fig, plt) -> bytes:
@@ -313,7 +447,8 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     plots = render_plots(report)
     files = {"report.json": (json.dumps(report, indent=1, default=_json_default) + "\n").encode(),
              "report.md": markdown_report(report, list(plots)).encode(),
-             "layers.csv": layers_csv(report).encode(), **plots}
+             "layers.csv": layers_csv(report).encode(),
+             "components.csv": components_csv(report).encode(), **plots}
     return write_files(Path(out_dir), files)
 
 
@@ -331,61 +466,137 @@ def _json_default(obj: Any):
 
 COMPARE_ROWS = (
     ("latency_ns", "latency (ns)"), ("inferences_per_s", "throughput (inf/s)"),
-    ("energy_per_inference_uj", "energy per inference (uJ)"), ("power_w", "power (W)"),
+    ("energy_per_inference_uj", "energy per inference (uJ)"),
+    ("dynamic_energy_per_inference_uj", "of which dynamic (uJ)"),
+    ("leakage_energy_per_inference_uj", "of which leakage (uJ)"),
+    ("single_inference_energy_uj", "energy of one inference alone (uJ)"),
+    ("power_w", "power (W)"), ("leakage_power_w", "leakage power (W)"),
     ("area_mm2", "area (mm2)"), ("tops_per_w", "TOPS/W (workload)"),
-    ("tops", "TOPS (workload)"), ("peak_tops_per_w", "peak TOPS/W"),
+    ("tops", "TOPS (workload)"), ("peak_tops", "peak TOPS"), ("peak_tops_per_w", "peak TOPS/W"),
     ("peak_tops_per_mm2", "peak TOPS/mm2"),
 )
+COMPENSATIONS = ("none", "gdc", "gdc+adabs")
 
 
-def best_series(acc: dict) -> dict | None:
-    """The most compensated series of a run (gdc+adabs over gdc over none)."""
-    order = {"gdc+adabs": 0, "gdc": 1, "none": 2}
-    series = sorted(acc.get("series", []), key=lambda s: order.get(s["compensation"], 9))
-    return series[0] if series else None
+def _num(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def accuracy_cells(acc: dict, compensation: str) -> list[str]:
+    """Mean ± std (%) per time for one compensation; a chip without analog layers (no series)
+    neither drifts nor is noisy: its FP32 accuracy at every time, ± 0."""
+    series = [s for s in acc.get("series", []) if s["compensation"] == compensation]
+    if not acc.get("series"):
+        return [f"{_pct(acc['fp32'])} ± {_pct(0.0)}"] * len(acc["times_s"])
+    if not series:
+        return ["-"] * len(acc["times_s"])
+    s = series[0]
+    return [f"{_pct(m)} ± {_pct(sd)}" for m, sd in zip(s["mean"], s["std"])]
+
+
+def _acc_mean(acc: dict, compensation: str, i: int) -> float | None:
+    if not acc.get("series"):
+        return acc["fp32"]
+    for s in acc["series"]:
+        if s["compensation"] == compensation:
+            return s["mean"][i]
+    return None
 
 
 def compare_table(a: dict, b: dict, tablefmt: str = "simple") -> str:
+    """Both chips formatted alike: FP32 accuracy, then accuracy at each time for each
+    compensation (mean ± std, %), then the cost figures; ratios A / B."""
     name_a, name_b = a["chip"]["name"], b["chip"]["name"]
     rows = []
-    for acc_key in ("accuracy",):
-        acc_a, acc_b = a.get(acc_key), b.get(acc_key)
-        if acc_a and acc_b:
-            rows.append(["accuracy FP32 (%)", _pct(acc_a["fp32"]), _pct(acc_b["fp32"]),
-                         f"{acc_a['fp32'] / acc_b['fp32']:.3f}" if acc_b["fp32"] else "-"])
-            sa, sb = best_series(acc_a), best_series(acc_b)
+    acc_a, acc_b = a.get("accuracy"), b.get("accuracy")
+    if acc_a and acc_b:
+        rows.append(["accuracy FP32 (%)", _pct(acc_a["fp32"]), _pct(acc_b["fp32"]),
+                     f"{acc_a['fp32'] / acc_b['fp32']:.3f}" if acc_b["fp32"] else "-"])
+        comps = [c for c in COMPENSATIONS
+                 if any(s["compensation"] == c for s in acc_a.get("series", []) +
+                        acc_b.get("series", []))]
+        for comp in comps:
+            cells_a, cells_b = accuracy_cells(acc_a, comp), accuracy_cells(acc_b, comp)
             for i, t in enumerate(acc_a["times_s"]):
-                va = sa["mean"][i] if sa else acc_a["fp32"]
-                vb = sb["mean"][i] if sb and i < len(sb["mean"]) else acc_b["fp32"]
-                label = f"accuracy at {format_time_s(t)} (%)"
-                rows.append([label, f"{_pct(va)} ({sa['compensation'] if sa else 'fp32'})",
-                             f"{_pct(vb)} ({sb['compensation'] if sb else 'fp32'})",
-                             f"{va / vb:.3f}" if vb else "-"])
+                va, vb = _acc_mean(acc_a, comp, i), _acc_mean(acc_b, comp, i) \
+                    if i < len(acc_b["times_s"]) else None
+                rows.append([f"accuracy at {format_time_s(t)}, {comp} (%)", cells_a[i],
+                             cells_b[i] if i < len(cells_b) else "-",
+                             f"{va / vb:.3f}" if va is not None and vb else "-"])
     for key, label in COMPARE_ROWS:
         va, vb = a["summary"].get(key), b["summary"].get(key)
         if va is None or vb is None:
             continue
-        rows.append([label, f"{va:.4g}", f"{vb:.4g}", f"{va / vb:.3g}" if vb else "-"])
+        rows.append([label, _num(va), _num(vb), f"{va / vb:.3g}" if vb else "-"])
     return tabulate(rows, headers=["figure", name_a, name_b, "A / B"], tablefmt=tablefmt,
                     disable_numparse=True)
 
 
-def compare_markdown(a: dict, b: dict) -> str:
-    return "\n".join([
-        f"# archsim compare: {a['chip']['name']} (A) vs {b['chip']['name']} (B)", "",
-        f"Workload `{a['workload']['name']}`; A = `{a['chip']['file']}` ({a['mapping']['policy']}), "
-        f"B = `{b['chip']['file']}` ({b['mapping']['policy']}). Ratios are A / B.", "",
-        compare_table(a, b, "github"), "",
-        "## A: " + a["chip"]["name"], "", markdown_report(a).split("\n", 1)[1], "",
-        "## B: " + b["chip"]["name"], "", markdown_report(b).split("\n", 1)[1], ""])
+def compare_plots(a: dict, b: dict) -> dict[str, bytes]:
+    """The two chips side by side, one plot per figure on shared axes: accuracy vs time, energy
+    per inference per component (dynamic and leakage), area per component."""
+    plt = _pyplot()
+    if plt is None:
+        return {}
+    out = {}
+    acc_a, acc_b = a.get("accuracy"), b.get("accuracy")
+    if acc_a and acc_b:
+        fig, ax = plt.subplots(figsize=(7, 4.4))
+        times = acc_a["times_s"]
+        for rep, acc, style in ((a, acc_a, "-"), (b, acc_b, "--")):
+            name = rep["chip"]["name"]
+            series = acc.get("series") or [{"compensation": "FP32 (no drift)",
+                                            "mean": [acc["fp32"]] * len(times),
+                                            "std": [0.0] * len(times)}]
+            for s in series:
+                mean = [100 * m for m in s["mean"]]
+                std = [100 * v for v in s["std"]]
+                line, = ax.plot(times[:len(mean)], mean, style, marker="o",
+                                label=f"{name}: {s['compensation']}")
+                ax.fill_between(times[:len(mean)], [m - v for m, v in zip(mean, std)],
+                                [m + v for m, v in zip(mean, std)], alpha=0.15,
+                                color=line.get_color())
+        ax.axhline(100 * acc_a["fp32"], color="black", linestyle=":", label="FP32")
+        ax.set_xscale("log")
+        ax.set_xticks(times, [format_time_s(t) for t in times])
+        ax.set_xlabel("time after programming")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{a['workload']['name']}: {a['chip']['name']} vs {b['chip']['name']}")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        out["compare_accuracy.png"] = _png(fig, plt)
+    if a.get("energy") and b.get("energy"):
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        _energy_bars(ax, [a, b])
+        ax.set_title(f"{a['workload']['name']}: energy per inference (steady state)")
+        out["compare_energy.png"] = _png(fig, plt)
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        _area_bars(ax, [a, b])
+        ax.set_title("area per component")
+        out["compare_area.png"] = _png(fig, plt)
+    return out
+
+
+def compare_markdown(a: dict, b: dict, plots: Sequence[str] = ()) -> str:
+    md = [f"# archsim compare: {a['chip']['name']} (A) vs {b['chip']['name']} (B)", "",
+          f"Workload `{a['workload']['name']}`; A = `{a['chip']['file']}` "
+          f"({a['mapping']['policy']}), B = `{b['chip']['file']}` ({b['mapping']['policy']}). "
+          "Ratios are A / B. Accuracy: mean ± std over programmed chips, per compensation (a chip "
+          "without analog layers keeps its FP32 accuracy). Energy per inference in steady state "
+          "(dynamic + leakage power x the interval between inferences).", "",
+          compare_table(a, b, "github"), ""]
+    md += [f"![{p}]({p})" for p in plots] + [""]
+    md += ["## A: " + a["chip"]["name"], "", markdown_report(a).split("\n", 1)[1], "",
+           "## B: " + b["chip"]["name"], "", markdown_report(b).split("\n", 1)[1], ""]
+    return "\n".join(md)
 
 
 def write_compare(a: dict, b: dict, out_dir: str | Path) -> list[Path]:
-    files = {"compare.md": compare_markdown(a, b).encode(),
+    plots = compare_plots(a, b)
+    files = {"compare.md": compare_markdown(a, b, list(plots)).encode(),
              "compare.json": (json.dumps({"a": a, "b": b}, indent=1, default=_json_default)
-                              + "\n").encode()}
+                              + "\n").encode(), **plots}
     for tag, rep in (("a", a), ("b", b)):
         files[f"{tag}_layers.csv"] = layers_csv(rep).encode()
-        for name, data in render_plots(rep).items():
-            files[f"{tag}_{name}"] = data
+        files[f"{tag}_components.csv"] = components_csv(rep).encode()
     return write_files(Path(out_dir), files)

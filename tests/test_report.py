@@ -68,13 +68,14 @@ def test_layers_csv_joins_mapping_timing_and_energy():
     rows = list(csv.DictReader(io.StringIO(rep.layers_csv(fake_report()))))
     assert len(rows) == 1
     assert rows[0]["name"] == "conv1" and rows[0]["end_cycle"] == "1234"
-    assert rows[0]["k"] == "9" and float(rows[0]["energy_pj"]) == 5000.0
+    assert rows[0]["k"] == "9" and float(rows[0]["dynamic_energy_pj"]) == 5000.0
+    assert rows[0]["leakage_energy_pj"] == ""            # a report without the leakage split
 
 
 def test_write_report_writes_all_files(tmp_path):
     written = rep.write_report(fake_report(), tmp_path / "out")
     names = {p.name for p in written}
-    assert {"report.json", "report.md", "layers.csv"} <= names
+    assert {"report.json", "report.md", "layers.csv", "components.csv"} <= names
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(data) >= {"chip", "workload", "mapping", "accuracy", "timing", "energy", "area",
                          "summary"}
@@ -133,3 +134,68 @@ def test_atomic_write_gives_the_usual_file_permissions(tmp_path):
     target = tmp_path / "report.md"
     atomic.atomic_write_text(target, "x")
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def steady_report() -> dict:
+    """A report with the steady-state energy split (dynamic / leakage per component and layer)."""
+    r = fake_report()
+    r["energy"].update({
+        "per_component": {
+            "adc": {"dynamic_pj": 2500.0, "leakage_pj": 500.0, "total_pj": 3000.0, "leakage_mw": 0.5},
+            "pcm_array": {"dynamic_pj": 2000.0, "leakage_pj": 0.0, "total_pj": 2000.0,
+                          "leakage_mw": 0.0}},
+        "per_layer_leakage_pj": {"conv1": 400.0, "(not attributed: unused tiles)": 100.0},
+        "interval_ns": 1000.0, "latency_ns": 1234.0, "leakage_power_mw": 0.5,
+        "single_inference_pj": 4500.0 + 0.5 * 1234.0})
+    r["summary"].update({"dynamic_energy_per_inference_uj": 0.0045,
+                         "leakage_energy_per_inference_uj": 0.0005, "leakage_power_w": 0.0005})
+    return r
+
+
+def test_every_energy_table_has_dynamic_and_leakage_columns():
+    r = steady_report()
+    comp = rep.component_table(r)
+    header = comp.splitlines()[0]
+    assert "dynamic uJ/inf" in header and "leakage uJ/inf" in header and "leakage mW" in header
+    adc = next(l for l in comp.splitlines() if l.startswith("adc"))
+    assert adc.split()[1:6] == ["0.0025", "0.0005", "0.003", "60.0%", "0.5"]
+    total = next(l for l in comp.splitlines() if l.startswith("total"))
+    assert total.split()[1:4] == ["0.0045", "0.0005", "0.005"]
+    layers = rep.timing_table(r)
+    assert "dynamic nJ" in layers and "leakage nJ" in layers
+    assert "(not attributed: unused tiles)" in layers
+    conv = next(l for l in layers.splitlines() if l.startswith("conv1"))
+    assert conv.split()[-2:] == ["5", "0.4"]
+    rows = list(csv.DictReader(io.StringIO(rep.components_csv(r))))
+    assert rows[0] == {"component": "adc", "dynamic_pj": "2500.0", "leakage_pj": "500.0",
+                       "total_pj": "3000.0", "leakage_mw": "0.5", "area_um2": "1000000.0"}
+    csv_rows = list(csv.DictReader(io.StringIO(rep.layers_csv(r))))
+    assert float(csv_rows[0]["leakage_energy_pj"]) == 400.0
+    assert csv_rows[-1]["name"] == "(not attributed: unused tiles)"
+    md = rep.markdown_report(r)
+    assert "| dynamic uJ/inf" in md and "1 us interval" in md and "0.005117 uJ over 1.234 us" in md
+    term = rep.terminal_report(r)
+    assert "leakage power" in term and "energy of one inference alone" not in term  # not in summary
+
+
+def test_compare_formats_both_chips_alike_and_shows_every_compensation():
+    a, b = steady_report(), steady_report()
+    b["chip"]["name"] = "chip-b"
+    a["accuracy"]["series"] = [
+        {"mapping": "hybrid", "compensation": c, "mean": [m, m - 0.1], "std": [0.01, 0.02]}
+        for c, m in (("none", 0.8), ("gdc", 0.85), ("gdc+adabs", 0.87))]
+    b["accuracy"]["series"] = []                       # all-digital: FP32 at every time
+    table = rep.compare_table(a, b)
+    for comp, cell in (("none", "80.00 ± 1.00"), ("gdc", "85.00 ± 1.00"),
+                       ("gdc+adabs", "87.00 ± 1.00")):
+        line = next(l for l in table.splitlines() if l.startswith(f"accuracy at 25 s, {comp} "))
+        assert cell in line and "90.00 ± 0.00" in line
+    line = next(l for l in table.splitlines() if l.startswith("accuracy at 1 d, gdc+adabs"))
+    assert line.split()[-1] == f"{0.77 / 0.9:.3f}"
+    assert any(l.startswith("of which leakage (uJ)") for l in table.splitlines())
+    pytest.importorskip("matplotlib")
+    plots = rep.compare_plots(a, b)
+    assert set(plots) == {"compare_accuracy.png", "compare_energy.png", "compare_area.png"}
+    assert all(p.startswith(b"\x89PNG") for p in plots.values())
+    md = rep.compare_markdown(a, b, list(plots))
+    assert "![compare_energy.png](compare_energy.png)" in md

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping as TMapping
 
 from .components import (Component, TILE_LEAKERS, TILE_PARTS, action_energy_pj, chip_components,
-                         full_mvm_actions)
+                         chip_parts, full_mvm_actions)
 from .config import ChipConfig
 from .timing import peak_figures
 
@@ -294,6 +294,10 @@ def account(mapping, timing) -> CostResult:
         e_ungated = dyn_pj + ungated_mw * interval_ns
         summary["energy_per_inference_ungated_uj"] = e_ungated * 1e-6
         summary["power_ungated_w"] = e_ungated * 1e-12 * ips
+    sources = _sources(comps)
+    if gating:
+        wake = chip_parts(chip)["tile_periphery"].wake_up()
+        sources["tile_periphery.wake_up_ns"] = f"{wake.value:g} ns: {wake.source}"
     return CostResult(
         dynamic_energy_pj=types.MappingProxyType(dynamic),
         leakage_energy_pj=types.MappingProxyType(leakage),
@@ -302,7 +306,7 @@ def account(mapping, timing) -> CostResult:
         layer_leakage_pj=types.MappingProxyType(layer_leak),
         area_um2=types.MappingProxyType(area),
         summary=types.MappingProxyType(summary),
-        sources=types.MappingProxyType(_sources(comps)),
+        sources=types.MappingProxyType(sources),
         inferences=max(int(timing.inferences), 1), interval_ns=interval_ns,
         latency_ns=latency_ns, run_time_ns=run_time_ns,
         tile_area_um2=types.MappingProxyType(tile_area_um2(comps)),

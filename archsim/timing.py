@@ -19,7 +19,8 @@ wired by :func:`setup`:
   XY routing; every directed link is a ``simpy.PriorityResource``. A transfer of B bytes holds all
   links of its route at once for ``ceil(B / bytes_per_cycle)`` cycles (cut-through; links are
   acquired in one global order, so no deadlock) and arrives ``hops x hop_latency_cycles`` later
-  (``Interconnect.transfer``); ``Interconnect.carry`` moves every produced row of an edge.
+  (``Interconnect.send`` / ``transmit``); ``Interconnect.carry`` moves every produced row of an
+  edge.
   ``kind: bus``: one shared link, one hop.
 - **DigitalUnit**: ``digital.units`` FP32 systolic arrays with their SRAMs on the edge router, a
   single resource; a digital layer's folds are split among the units (``DigitalUnit.systolic``).

@@ -308,6 +308,7 @@ def test_power_gating_switches_unused_tiles_off_and_costs_wake_ups():
     # waking up costs time: a row that found its tile asleep waits 100 cycles
     assert t_gated.latency_cycles > t_plain.latency_cycles
     assert t_gated.interval_cycles >= t_plain.interval_cycles
+    assert "pcm_hybrid.yaml" in c_gated.sources["tile_periphery.wake_up_ns"]
     s = c_gated.summary
     assert s["energy_per_inference_uj"] < c_plain.summary["energy_per_inference_uj"]
     assert s["energy_per_inference_ungated_uj"] == pytest.approx(

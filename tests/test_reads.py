@@ -267,3 +267,25 @@ def test_calibrated_adc_range_is_the_percentile_of_the_calibration_outputs():
     assert 0.003 < clipped / total < 0.03
     with pytest.raises(Exception, match="calibration images"):
         F.program_chip(mp, params, Streams(4))
+
+
+# ------------------------------------------------------------------------------------------
+# reports say how the chip was read
+# ------------------------------------------------------------------------------------------
+
+def test_reports_state_the_read_model_and_adc_conversions():
+    from archsim.report import adc_table, read_model_line
+    acc = F.AccuracyResult(0.9, (25.0, 86400.0), 1, 10, 5, (), "per-read", "real", "calibrated", (
+        F.AdcStats("hybrid", 25.0, (("conv2", 1000, 3, 120),)),
+        F.AdcStats("hybrid", 86400.0, (("conv2", 1000, 0, 250),)))).to_dict()
+    line = read_model_line(acc)
+    assert "per-read" in line and "real" in line and "calibrated" in line
+    table = adc_table(acc)
+    row = next(l for l in table.splitlines() if "conv2" in l).split()
+    assert row == ["hybrid", "conv2", "0.300", "12.00", "0.000", "25.00"]
+    # an old report (no read-model keys) reads as the conventions it used
+    old = {k: v for k, v in acc.items() if k not in ("read_noise", "gdc_readout", "adc_range",
+                                                      "adc_stats")}
+    assert "frozen" in read_model_line(old) and "ideal" in read_model_line(old)
+    assert adc_table(old) is None
+    assert F.AccuracyResult.from_dict(old).read_noise == "frozen"

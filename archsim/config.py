@@ -94,8 +94,19 @@ class AdcConfig:
                                     "or bit-serial step)")
     area_um2: float | None = spec(None, lo=0, doc="one ADC")
     output_bound: float = spec(12.0, lo=0, lo_open=True,
-                               doc="clip bound in normalized units (inputs and weights in [-1, 1])")
-    output_noise: float = spec(0.0, lo=0, doc="additive Gaussian output noise, normalized units")
+                               doc="clip bound in normalized units (inputs and weights in [-1, 1]) "
+                                   "with range: fixed")
+    output_noise: float = spec(0.06, lo=0, doc="std of the additive Gaussian noise of each "
+                                               "conversion, normalized units (aihwkit "
+                                               "IOParameters.out_noise default)")
+    range: str = spec("fixed", choices=("fixed", "calibrated"),
+                      doc="fixed: every layer converts over +-output_bound; calibrated: each "
+                          "layer's bound is set at programming time from calibration images, "
+                          "at the range_percentile of its outputs (an ADC range that follows "
+                          "the signal, as a programmable affine periphery allows)")
+    range_percentile: float = spec(99.99, lo=50, hi=100,
+                                   doc="with range: calibrated, the percentile (dimensionless) of |output| that "
+                                       "sets a layer's bound")
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,12 @@ class BufferConfig:
 class CalibrationConfig:
     gdc_input: str = spec("one-hot", choices=("one-hot", "all-ones"),
                           doc="GDC calibration input: one-hot rows (aihwkit) or all ones (paper)")
+    gdc_readout: str = spec("real", choices=("real", "ideal"),
+                            doc="real: the GDC calibration inputs are read like inference (DAC, "
+                                "a read of the noisy array, ADC with its noise); ideal: exact "
+                                "conductances, no converters (for comparison only)")
+    range_images: int = spec(256, lo=1, doc="calibration images that set the ADC ranges "
+                                            "(adc.range: calibrated)")
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,11 @@ class DeviceConfig:
     programming_noise_scale: float = spec(1.0, lo=0)
     read_noise_scale: float = spec(1.0, lo=0)
     drift_scale: float = spec(1.0, lo=0, doc="multiplies the drift exponents")
+    read_noise: str = spec("per-read", choices=("per-read", "frozen"),
+                           doc="per-read: every read of the chip (GDC readout, each calibration "
+                               "and test batch) draws fresh 1/f read noise; frozen: one draw per "
+                               "(chip, time) shared by all reads (aihwkit's drift_weights "
+                               "convention)")
     weight_scaling: str = spec("per-array", choices=("per-array", "per-column"))
 
 

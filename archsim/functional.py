@@ -2,25 +2,41 @@
 compensation (GDC), adaptive BatchNorm statistics (AdaBS) and a Monte Carlo accuracy-vs-time driver
 (DESIGN.md section 4).
 
-- :func:`program_chip` programs every analog :class:`~archsim.mapping.ArrayBlock` once per chip:
-  weight scale (per array or per column), differential targets G+/G-, programming noise and drift
-  exponents (:mod:`archsim.pcm`), all from one generator.
-- :meth:`ProgrammedChip.at` gives the chip ``t`` seconds after programming: drift and read noise
-  drawn once and frozen; the normalized weight matrix (G+ - G-)/g_max of each layer and the GDC
-  factor of each array are computed once per (chip, time), never per batch.
-- :func:`analog_forward` runs :func:`archsim.network.forward` with a ``matmul`` hook (DAC on each
-  row block's input slice, one GEMM per row block, ADC + digital accumulation of the row-block
-  partial sums, GDC) and a ``batchnorm`` hook (the per-column affine applied digitally after the
-  ADC). Digital layers stay exact FP32.
-- :func:`evaluate_accuracy` is the Monte Carlo driver.
+The life of a chip, and the random stream each step draws from (:mod:`archsim.rng`, under the
+run seed, per mapping and programmed chip):
+
+- :func:`program_chip` programs every analog :class:`~archsim.mapping.ArrayBlock` once: weight
+  scale (per array or per column), differential targets split over the devices of each polarity
+  (``devices_per_weight / 2``: 1 for a G+/G- pair, 2 for HERMES' 4-device unit cell), programming
+  noise and drift exponents per device (stream ``program``). With ``adc.range: calibrated`` it
+  then runs calibration images through the freshly programmed chip (its own read) and sets each
+  layer's ADC bound; finally it reads the GDC baseline through the GDC read path (its own read).
+- :meth:`ProgrammedChip.at` gives the chip ``t`` seconds after programming (drifted conductances
+  and the 1/f read-noise sigma of every device) and reads its GDC factors through the same path as
+  the baseline, with a read of its own (stream ``time/i/read/gdc``).
+- :meth:`ChipState.read` is one read of the whole chip: a fresh read-noise sample of every device
+  (``device.read_noise: per-read``, the default) or the one sample drawn at :meth:`at`
+  (``frozen``: aihwkit's drift_weights convention, where the GDC readout, AdaBS and every test
+  image share one draw). The driver reads once per batch: each AdaBS calibration batch and each
+  test batch of each pass sees its own read, from its own stream (``read/adabs``,
+  ``read/test/<compensation>``), so a calibration never shares a read-noise draw with the test
+  pass it is judged on.
+- :func:`analog_forward` runs :func:`archsim.network.forward` on one read with a ``matmul`` hook
+  (DAC on each row block's input slice, one GEMM per row block, ADC with its output noise +
+  digital accumulation of the row-block partial sums, GDC) and a ``batchnorm`` hook (the
+  per-column affine applied digitally after the ADC). Digital layers stay exact FP32.
+- :func:`evaluate_accuracy` is the Monte Carlo driver; it also counts, per layer and time, the
+  conversions that clip and that read zero.
 
 Units inside an array are normalized as in aihwkit: inputs divided by their abs-max (in [-1, 1]),
-weights as G / g_max (in [-1, 1]), so the ADC bound ``chip.tiles.adc.output_bound`` is in those
-units. The digital side multiplies back by abs-max * g_max / scale (and the GDC alpha).
+weights as (sum G+ - sum G-) / (D g_max) (in [-1, 1], D devices per polarity), so the ADC bound,
+its output noise and the GDC readout are in those units. The digital side multiplies back by
+abs-max * D g_max / scale (and the GDC alpha).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -28,17 +44,16 @@ import numpy as np
 
 from . import kernels
 from .datasets import Dataset
+from .errors import ConfigError
 from .mapping import LayerMapping, Mapping
 from .network import Layer, Network, Workspace, batchnorm_affine, forward, matrix_input
 from .pcm import PCMModel, targets
 from .progress import Progress
+from .rng import Streams
 
 DEFAULT_TIMES_S = (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
 COMPENSATIONS = ("none", "gdc", "gdc+adabs")
 UNLIMITED = "unlimited"
-
-# stream tags for np.random.SeedSequence([seed, ..., tag, ...]): every draw has its own stream
-_PROGRAM, _READ, _ADC_NOISE, _CALIB = 0, 1, 2, 3
 
 
 # ------------------------------------------------------------------------------------------
@@ -48,21 +63,41 @@ _PROGRAM, _READ, _ADC_NOISE, _CALIB = 0, 1, 2, 3
 @dataclass(frozen=True)
 class Converters:
     """DAC/ADC settings of the analog path. ``None`` bits: unlimited precision; ``None`` bound: no
-    clipping."""
+    clipping. ``adc_bound`` is the fixed bound; with ``adc_range="calibrated"`` each layer gets its
+    own at programming time (:attr:`ProgrammedLayer.adc_bound`)."""
     dac_bits: int | None = 8
     adc_bits: int | None = 8
     adc_bound: float | None = 12.0
     adc_noise: float = 0.0
     gdc_input: str = "one-hot"
+    gdc_readout: str = "real"
+    adc_range: str = "fixed"
+    range_percentile: float = 99.99
+    range_images: int = 256
 
     @classmethod
     def from_chip(cls, mapping: Mapping, precision: str | None = None) -> "Converters":
-        """From ``chip.tiles``; ``precision="unlimited"`` drops quantization, clipping and noise."""
+        """From ``chip.tiles``; ``precision="unlimited"`` drops quantization, clipping and noise
+        (and with them range calibration: there is no range to set)."""
         tiles = mapping.chip.chip.tiles
+        cal = tiles.calibration
         if precision == UNLIMITED:
-            return cls(None, None, None, 0.0, tiles.calibration.gdc_input)
+            return cls(None, None, None, 0.0, cal.gdc_input, cal.gdc_readout, "fixed",
+                       tiles.adc.range_percentile, cal.range_images)
         return cls(tiles.dac.bits, tiles.adc.bits, tiles.adc.output_bound, tiles.adc.output_noise,
-                   tiles.calibration.gdc_input)
+                   cal.gdc_input, cal.gdc_readout, tiles.adc.range, tiles.adc.range_percentile,
+                   cal.range_images)
+
+
+def devices_per_polarity(mapping: Mapping) -> int:
+    """PCM devices per weight and sign: half of ``chip.tiles.array.devices_per_weight`` (the
+    devices of a weight are split evenly between G+ and G-)."""
+    array = mapping.chip.chip.tiles.array
+    if array.devices_per_weight % 2:
+        raise ConfigError(mapping.chip.file, "chip.tiles.array.devices_per_weight",
+                          f"the accuracy model needs an even count (G+ and G- devices), got "
+                          f"{array.devices_per_weight}")
+    return array.devices_per_weight // 2
 
 
 # ------------------------------------------------------------------------------------------
@@ -71,17 +106,23 @@ class Converters:
 
 @dataclass(frozen=True)
 class ProgrammedLayer:
-    """One analog layer's devices. Matrices are (K, N) over the whole layer; array blocks partition
-    them. ``unit`` (B, N): weight units per microsiemens (1 / scale) of each row block's arrays."""
+    """One analog layer's devices. Conductance arrays are (D, K, N) over the whole layer (D devices
+    per polarity); array blocks partition K x N. ``unit`` (B, N): weight units per microsiemens of
+    the summed polarity (1 / scale) of each row block's arrays."""
     name: str
     row_bounds: np.ndarray          # (B, 2) int64
     col_bounds: tuple[tuple[int, int], ...]
     unit: np.ndarray                # (B, N) float64
-    g_prog_pos: np.ndarray          # (K, N) float64, uS
+    g_prog_pos: np.ndarray          # (D, K, N) float64, uS, per device
     g_prog_neg: np.ndarray
-    nu_pos: np.ndarray              # (K, N) drift exponents
+    nu_pos: np.ndarray              # (D, K, N) drift exponents
     nu_neg: np.ndarray
-    gdc_baseline: np.ndarray        # (B, C) mean |readout| right after programming, per array
+    adc_bound: float | None         # this layer's ADC bound, normalized units
+    gdc_baseline: np.ndarray | None = None   # (B, C) mean |readout| right after programming
+
+    @property
+    def devices(self) -> int:
+        return self.g_prog_pos.shape[0]
 
 
 @dataclass(frozen=True)
@@ -92,47 +133,145 @@ class ProgrammedChip:
     converters: Converters
     layers: dict                    # name -> ProgrammedLayer (analog layers)
     digital: dict                   # name -> (K, N) float32 weight matrix (digital layers)
+    read_noise: str = "per-read"    # per-read | frozen
 
-    def at(self, t_s: float, rng: np.random.Generator) -> "ChipState":
-        """The chip ``t_s`` seconds after programming: drift (D2) and read noise (R1) drawn once."""
-        states = {}
+    def devices_at(self, t_s: float) -> dict:
+        """Every analog layer's devices ``t_s`` seconds after programming: drifted conductances
+        (D2) and read-noise sigmas (R1), float32."""
         g_max = self.model.g_max_us
+        out = {}
         for name, pl in self.layers.items():
-            g_pos = self.model.at(pl.g_prog_pos, pl.nu_pos, t_s, rng)
-            g_neg = self.model.at(pl.g_prog_neg, pl.nu_neg, t_s, rng)
-            wn = normalized_weights(g_pos, g_neg, g_max)
-            now = _gdc_readout(wn, pl.row_bounds, pl.col_bounds, self.converters)
-            alpha = np.divide(pl.gdc_baseline, now, out=np.ones_like(now), where=now > 0)
-            states[name] = LayerState(pl.row_bounds, wn, (pl.unit * g_max).astype(np.float32),
-                                      _expand_cols(alpha, pl.col_bounds).astype(np.float32), alpha)
-        return ChipState(self, float(t_s), states)
+            polarities = []
+            for g_prog, nu in ((pl.g_prog_pos, pl.nu_pos), (pl.g_prog_neg, pl.nu_neg)):
+                g_d = self.model.drift(g_prog, nu, t_s)
+                sigma = self.model.read_sigma_us(g_d, g_prog, t_s)
+                polarities.append((g_d.astype(np.float32), sigma.astype(np.float32)))
+            out[name] = LayerDevices(pl, polarities[0], polarities[1],
+                                     np.float32(1.0 / (pl.devices * g_max)))
+        return out
+
+    def state_at(self, t_s: float, streams: Streams) -> "ChipState":
+        """The drifted chip without GDC factors (frozen mode: with its one read drawn)."""
+        devices = self.devices_at(t_s)
+        frozen = None
+        if self.read_noise == "frozen":
+            rng = streams("read", "frozen")
+            frozen = {n: d.read(self.model, rng) for n, d in devices.items()}
+        return ChipState(self, float(t_s), devices, {}, frozen)
+
+    def gdc_levels(self, state: "ChipState", streams: Streams) -> dict:
+        """Mean |GDC readout| per array of every analog layer (:func:`gdc_readout`) on ``state``:
+        the ideal readout sees the drifted conductances exactly; the real one a read of its own
+        (stream ``read/gdc``; frozen mode: the frozen read) and ADC noise (``adc-noise/gdc``)."""
+        if self.converters.gdc_readout == "ideal":
+            wn = {n: d.read(self.model, None) for n, d in state.devices.items()}
+        else:
+            read = state.read(streams("read", "gdc"))
+            wn = {n: lr.wn for n, lr in read.layers.items()}
+        noise_rng = streams("adc-noise", "gdc")
+        return {n: gdc_readout(wn[n], pl, self.converters, noise_rng)
+                for n, pl in self.layers.items()}
+
+    def at(self, t_s: float, streams: "Streams | np.random.Generator | int") -> "ChipState":
+        """The chip ``t_s`` seconds after programming, its GDC factors read through the GDC path
+        (``streams``: this time's stream tree, or a generator/seed to derive one)."""
+        streams = Streams.of(streams)
+        state = self.state_at(t_s, streams)
+        alphas = {}
+        for name, level in self.gdc_levels(state, streams).items():
+            base = self.layers[name].gdc_baseline
+            alphas[name] = np.divide(base, level, out=np.ones_like(level), where=level > 0)
+        return _replace(state, alphas=alphas)
 
 
 @dataclass(frozen=True)
-class LayerState:
+class LayerDevices:
+    """One analog layer at a time t: per polarity (drifted conductance, read-noise sigma), each
+    (D, K, N) float32, and the factor from summed microsiemens to normalized weights."""
+    programmed: ProgrammedLayer
+    pos: tuple[np.ndarray, np.ndarray]
+    neg: tuple[np.ndarray, np.ndarray]
+    per_us: np.float32              # 1 / (D g_max)
+
+    def read(self, model: PCMModel, rng: np.random.Generator | None) -> np.ndarray:
+        """Normalized weights (sum G+ - sum G-) / (D g_max) of one read, float32 (K, N);
+        ``rng=None``: the drifted conductances without read noise."""
+        sums = []
+        for g_d, sigma in (self.pos, self.neg):
+            g = g_d if rng is None else model.sample_read(g_d, sigma, rng)
+            sums.append(g.sum(axis=0, dtype=np.float32) if g.shape[0] > 1 else g[0])
+        wn = sums[0] - sums[1]
+        wn *= self.per_us
+        return wn
+
+
+@dataclass(frozen=True)
+class LayerRead:
     row_bounds: np.ndarray          # (B, 2)
-    wn: np.ndarray                  # (K, N) float32 normalized weights (G+ - G-) / g_max at t
-    colscale: np.ndarray            # (B, N) float32 g_max / scale: normalized -> weight units
+    wn: np.ndarray                  # (K, N) float32 normalized weights of this read
+    colscale: np.ndarray            # (B, N) float32 D g_max / scale: normalized -> weight units
     alpha_cols: np.ndarray          # (B, N) float32 GDC factor of each column's array
     alpha: np.ndarray               # (B, C) GDC factor per array
+    adc_bound: float | None
+
+
+@dataclass(frozen=True)
+class ChipRead:
+    """One read of the whole chip at one time: what one batch of inputs sees."""
+    state: "ChipState"
+    layers: dict                    # name -> LayerRead
+
+    @property
+    def chip(self) -> ProgrammedChip:
+        return self.state.chip
 
 
 @dataclass(frozen=True)
 class ChipState:
+    """The chip at time ``t_s``: drifted devices, GDC factors, and (frozen read noise) the
+    normalized weights of the one read every use shares."""
     chip: ProgrammedChip
     t_s: float
-    layers: dict                    # name -> LayerState
+    devices: dict                   # name -> LayerDevices
+    alphas: dict                    # name -> (B, C) GDC factors (empty: not calibrated)
+    frozen: dict | None = None      # name -> (K, N) normalized weights of the frozen read
+
+    def read(self, rng: np.random.Generator | None) -> ChipRead:
+        """One read: every device with a fresh read-noise sample from ``rng`` (per-read mode), or
+        the frozen read. ``rng`` may be None only for a chip without read noise."""
+        model = self.chip.model
+        if self.frozen is None and rng is None and not (model.ideal or model.read_noise_scale == 0):
+            raise ValueError("ChipState.read: a noisy chip needs a generator for its read noise")
+        g_max = model.g_max_us
+        layers = {}
+        for name, dev in self.devices.items():
+            pl = dev.programmed
+            wn = self.frozen[name] if self.frozen is not None else dev.read(model, rng)
+            colscale = (pl.unit * (pl.devices * g_max)).astype(np.float32)
+            alpha = self.alphas.get(name)
+            if alpha is None:
+                alpha = np.ones((len(pl.row_bounds), len(pl.col_bounds)))
+            layers[name] = LayerRead(pl.row_bounds, wn, colscale,
+                                     _expand_cols(alpha, pl.col_bounds).astype(np.float32), alpha,
+                                     pl.adc_bound)
+        return ChipRead(self, layers)
 
 
 def normalized_weights(g_pos: np.ndarray, g_neg: np.ndarray, g_max_us: float) -> np.ndarray:
-    """The array's weights in normalized units, (G+ - G-) / g_max, float32."""
-    return ((g_pos - g_neg) / g_max_us).astype(np.float32)
+    """The array's weights in normalized units, (sum G+ - sum G-) / (D g_max), float32; (D, K, N)
+    per-device conductances or (K, N) for one device per polarity."""
+    g_pos, g_neg = np.asarray(g_pos), np.asarray(g_neg)
+    d = g_pos.shape[0] if g_pos.ndim == 3 else 1
+    if g_pos.ndim == 3:
+        g_pos, g_neg = g_pos.sum(axis=0), g_neg.sum(axis=0)
+    return ((g_pos - g_neg) / (d * g_max_us)).astype(np.float32)
 
 
-def _block_scales(w: np.ndarray, g_max_us: float, per_column: bool) -> np.ndarray:
-    """scale = g_max / max|W_block| (DESIGN 4), per array or per column; zero blocks get 1."""
+def _block_scales(w: np.ndarray, g_total_us: float, per_column: bool) -> np.ndarray:
+    """scale = g_total / max|W_block| (DESIGN 4), per array or per column, with g_total = D g_max
+    the largest summed conductance of a polarity; zero blocks get 1."""
     m = np.abs(w).max(axis=0) if per_column else np.full(w.shape[1], np.abs(w).max() if w.size else 0.0)
-    return np.divide(g_max_us, m, out=np.ones_like(m, dtype=np.float64), where=m > 0)
+    return np.divide(g_total_us, m, out=np.ones_like(m, dtype=np.float64), where=m > 0)
 
 
 def _expand_cols(per_array: np.ndarray, col_bounds) -> np.ndarray:
@@ -141,77 +280,147 @@ def _expand_cols(per_array: np.ndarray, col_bounds) -> np.ndarray:
                            for c, (c0, c1) in enumerate(col_bounds)], axis=1)
 
 
-def _gdc_readout(wn: np.ndarray, row_bounds, col_bounds, conv: Converters) -> np.ndarray:
-    """Mean |output| of each array for the GDC calibration input: one-hot rows (each output is one
-    weight, as aihwkit) or all ones (each output is a column sum, the paper's summed current).
-    Outputs saturate at the ADC bound but are not rounded to its levels: the calibration mean is
-    taken over many reads (one ADC LSB is about half a typical one-hot read, and rounding each
-    read would bias alpha by up to 20% after a year)."""
-    out = np.empty((len(row_bounds), len(col_bounds)))
-    for b, (r0, r1) in enumerate(row_bounds):
+def gdc_readout(wn: np.ndarray, pl: ProgrammedLayer, conv: Converters,
+                noise_rng: np.random.Generator | None) -> np.ndarray:
+    """Mean |output| of each array of ``pl`` for the GDC calibration input, from the normalized
+    weights ``wn`` of one read: one-hot rows (each output is one weight, as aihwkit; the DAC code of
+    a one-hot input is exactly full scale) or all ones (each output is a column sum, the paper's
+    summed current). ``conv.gdc_readout == "real"``: each output goes through the ADC as inference
+    does (output noise from ``noise_rng``, clip at the layer's bound, rounding to its levels);
+    ``"ideal"``: the exact values."""
+    real = conv.gdc_readout == "real"
+    bound = pl.adc_bound
+    step = bound / kernels.levels_of(conv.adc_bits) if (conv.adc_bits and bound) else None
+    out = np.empty((len(pl.row_bounds), len(pl.col_bounds)))
+    for b, (r0, r1) in enumerate(pl.row_bounds):
         block = wn[r0:r1].astype(np.float64)
         y = block.sum(axis=0, keepdims=True) if conv.gdc_input == "all-ones" else block
-        if conv.adc_bound is not None:
-            y = np.clip(y, -conv.adc_bound, conv.adc_bound)
-        for c, (c0, c1) in enumerate(col_bounds):
+        if real:
+            if conv.adc_noise > 0:
+                if noise_rng is None:
+                    raise ValueError("gdc_readout: ADC output noise needs a generator")
+                y = y + conv.adc_noise * noise_rng.standard_normal(y.shape)
+            if bound is not None:
+                y = np.clip(y, -bound, bound)
+            if step is not None:
+                y = np.rint(y / step) * step
+        for c, (c0, c1) in enumerate(pl.col_bounds):
             out[b, c] = np.abs(y[:, c0:c1]).mean()
     return out
 
 
 def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Converters,
-                  per_column: bool, rng: np.random.Generator) -> ProgrammedLayer:
+                  per_column: bool, devices: int, rng: np.random.Generator) -> ProgrammedLayer:
+    """Targets, programming noise and drift exponents of one layer's devices (no readout yet)."""
     row_bounds = np.array(lm.row_bounds(), np.int64).reshape(-1, 2)
     col_bounds = tuple(lm.col_bounds())
     unit = np.empty((len(row_bounds), lm.n))
     scale_full = np.empty(w.shape)
     for b, (r0, r1) in enumerate(row_bounds):
         for c0, c1 in col_bounds:
-            s = _block_scales(w[r0:r1, c0:c1], model.g_max_us, per_column)
+            s = _block_scales(w[r0:r1, c0:c1], devices * model.g_max_us, per_column)
             unit[b, c0:c1] = 1.0 / s
             scale_full[r0:r1, c0:c1] = s
-    gt_pos, gt_neg = targets(w, scale_full, model.g_max_us)
-    g_pos = model.program(gt_pos, rng)                  # (P1)
-    g_neg = model.program(gt_neg, rng)
-    nu_pos = model.drift_exponents(gt_pos, rng)         # (D1)
-    nu_neg = model.drift_exponents(gt_neg, rng)
-    wn0 = normalized_weights(g_pos, g_neg, model.g_max_us)
-    baseline = _gdc_readout(wn0, row_bounds, col_bounds, conv)
+    gt_pos, gt_neg = targets(w, scale_full, model.g_max_us, devices)    # per device
+    shape = (devices, *w.shape)
+    g_pos = model.program(np.broadcast_to(gt_pos, shape), rng)           # (P1)
+    g_neg = model.program(np.broadcast_to(gt_neg, shape), rng)
+    nu_pos = model.drift_exponents(np.broadcast_to(gt_pos, shape), rng)  # (D1)
+    nu_neg = model.drift_exponents(np.broadcast_to(gt_neg, shape), rng)
     return ProgrammedLayer(lm.name, row_bounds, col_bounds, unit, g_pos, g_neg, nu_pos, nu_neg,
-                           baseline)
+                           conv.adc_bound)
 
 
-def program_chip(mapping: Mapping, params: dict, rng: np.random.Generator, *,
-                 precision: str | None = None, model: PCMModel | None = None) -> ProgrammedChip:
-    """Program every analog layer of ``mapping`` once (targets, programming noise, drift exponents).
-    ``precision="unlimited"`` turns DAC/ADC quantization and clipping off (for checks)."""
+def program_chip(mapping: Mapping, params: dict, streams: "Streams | np.random.Generator | int",
+                 *, precision: str | None = None, model: PCMModel | None = None,
+                 calibration_images: np.ndarray | None = None, batch_size: int = 128
+                 ) -> ProgrammedChip:
+    """Program every analog layer of ``mapping`` once (targets, programming noise, drift exponents:
+    stream ``program``), set the ADC ranges (``adc.range: calibrated``: from
+    ``calibration_images``, normalized network inputs, through the freshly programmed chip with a
+    read of its own), then read the GDC baselines through the GDC path (their own read).
+    ``streams``: this chip's stream tree (or a generator/seed to derive it).
+    ``precision="unlimited"`` turns DAC/ADC quantization, clipping and noise off (for checks)."""
+    streams = Streams.of(streams)
     net = mapping.network
-    model = model or PCMModel.from_config(mapping.chip.chip.device)
+    device = mapping.chip.chip.device
+    model = model or PCMModel.from_config(device)
     conv = Converters.from_chip(mapping, precision)
-    per_column = mapping.chip.chip.device.weight_scaling == "per-column"
+    per_column = device.weight_scaling == "per-column"
+    d = devices_per_polarity(mapping)
+    rng = streams("program")
     layers, digital = {}, {}
     for lm in mapping.layers:
         w = net.weight_matrix(params, net.layer(lm.name))
         if lm.analog:
-            layers[lm.name] = program_layer(lm, w.astype(np.float64), model, conv, per_column, rng)
+            layers[lm.name] = program_layer(lm, w.astype(np.float64), model, conv, per_column, d,
+                                            rng)
         else:
             digital[lm.name] = w
-    return ProgrammedChip(mapping, params, model, conv, layers, digital)
+    chip = ProgrammedChip(mapping, params, model, conv, layers, digital, device.read_noise)
+    if conv.adc_range == "calibrated" and layers:
+        if calibration_images is None or len(calibration_images) == 0:
+            raise ConfigError(mapping.chip.file, "chip.tiles.adc.range",
+                              "calibrated ADC ranges need calibration images (the workload's "
+                              "training split; --calib-images > 0)")
+        bounds = calibrate_adc_ranges(chip, calibration_images[:conv.range_images],
+                                      streams, batch_size)
+        chip = _replace(chip, layers={n: _replace(pl, adc_bound=bounds[n])
+                                      for n, pl in layers.items()})
+    # GDC baseline: the readout right after programming, through the same path as later readouts
+    baseline = streams.child("baseline")
+    levels = chip.gdc_levels(chip.state_at(0.0, baseline), baseline)
+    return _replace(chip, layers={n: _replace(pl, gdc_baseline=levels[n])
+                                  for n, pl in chip.layers.items()})
+
+
+_replace = dataclasses.replace
+
+
+def calibrate_adc_ranges(chip: ProgrammedChip, images: np.ndarray, streams: Streams,
+                         batch_size: int) -> dict[str, float]:
+    """Each analog layer's ADC bound: the ``range_percentile`` of |analog output| (normalized
+    units, over its row blocks and columns) on ``images`` run through the chip right after
+    programming (a read of its own, no clipping or rounding during the calibration)."""
+    conv = chip.converters
+    open_conv = _replace(conv, adc_bits=None, adc_bound=None, adc_noise=0.0)
+    open_layers = {n: _replace(pl, adc_bound=None) for n, pl in chip.layers.items()}
+    open_chip = _replace(chip, converters=open_conv, layers=open_layers)
+    state = ChipState(open_chip, 0.0, open_chip.devices_at(0.0), {})
+    seen: dict[str, list[np.ndarray]] = {n: [] for n in chip.layers}
+    rng = streams("read", "adc-range")
+    ws = Workspace()
+    for start in range(0, len(images), batch_size):
+        read = state.read(rng)
+        analog_forward(read, images[start:start + batch_size], gdc=False, workspace=ws,
+                       observe=lambda name, y: seen[name].append(np.abs(y).ravel()))
+    out = {}
+    for name, parts in seen.items():
+        values = np.concatenate(parts) if parts else np.zeros(1)
+        bound = float(np.percentile(values, conv.range_percentile))
+        out[name] = bound if bound > 0 else float(conv.adc_bound or 1.0)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
 # Execution
 # ------------------------------------------------------------------------------------------
 
-def analog_matmul(state: LayerState, cols: np.ndarray, conv: Converters, *, gdc: bool,
+def analog_matmul(layer_read: LayerRead, cols: np.ndarray, conv: Converters, *, gdc: bool,
                   workspace: Workspace, noise_rng: np.random.Generator | None = None,
                   in_place: bool = False,
                   affine: tuple[np.ndarray, np.ndarray] | None = None,
-                  dac_absmax: np.ndarray | None = None) -> np.ndarray:
+                  dac_absmax: np.ndarray | None = None,
+                  counts: np.ndarray | None = None,
+                  observe: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """(P, K) @ W on the arrays: DAC per row block, one GEMM per row block, ADC, digital sum.
     ``in_place``: the DAC codes overwrite ``cols`` (a scratch im2col buffer). ``affine``: a
     per-column (scale, offset) applied in the same digital pass (the folded BatchNorm).
     ``dac_absmax``: ``cols`` already holds the DAC codes (:func:`kernels.im2col_dac_into`), with
-    these per-row-block abs-maxes."""
+    these per-row-block abs-maxes. ``counts`` (3,) int64 accumulates the conversions that clipped,
+    that read zero, and all conversions. ``observe(y)`` receives the analog outputs (B, P, N) in normalized units
+    before the ADC."""
+    state = layer_read
     cols = np.ascontiguousarray(cols, np.float32)
     p, k = cols.shape
     nb, n = state.colscale.shape
@@ -224,20 +433,28 @@ def analog_matmul(state: LayerState, cols: np.ndarray, conv: Converters, *, gdc:
     y = workspace.get("adc.y", (nb, p, n))
     for b, (r0, r1) in enumerate(state.row_bounds):
         np.matmul(xq[:, r0:r1], state.wn[r0:r1], out=y[b])
+    in_scale = kernels.dac_code_scale(conv.dac_bits)
+    if observe is not None:
+        observe(y * np.float32(in_scale))
     noise = None
     if conv.adc_noise > 0:
+        if noise_rng is None:
+            raise ValueError("analog_matmul: ADC output noise needs a generator (noise_rng)")
         noise = workspace.get("adc.noise", (nb, p, n))
-        rng = noise_rng if noise_rng is not None else np.random.default_rng(0)
-        rng.standard_normal(out=noise, dtype=np.float32)
+        noise_rng.standard_normal(out=noise, dtype=np.float32)
     colscale = state.colscale * state.alpha_cols if gdc else state.colscale
     offset = None
     if affine is not None:
         colscale = colscale * affine[0]
         offset = affine[1]
     out = np.empty((p, n), np.float32)
-    return kernels.adc_accumulate_into(y, absmax, colscale, conv.adc_bound, conv.adc_bits, out,
-                                       noise, conv.adc_noise, kernels.dac_code_scale(conv.dac_bits),
-                                       offset)
+    row_counts = workspace.get("adc.counts", (p, 2), np.int64)
+    kernels.adc_accumulate_into(y, absmax, colscale, state.adc_bound, conv.adc_bits, out, noise,
+                                conv.adc_noise, in_scale, offset, row_counts)
+    if counts is not None:
+        counts[:2] += row_counts.sum(axis=0)
+        counts[2] += p * n * nb
+    return out
 
 
 @dataclass
@@ -251,46 +468,56 @@ class BatchNormStats:
                     for l in net.layers if l.kind == "batchnorm"})
 
 
-def analog_forward(state: ChipState, x: np.ndarray, *, gdc: bool = True,
+def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
                    bn: BatchNormStats | None = None, workspace: Workspace | None = None,
                    noise_rng: np.random.Generator | None = None,
-                   batchnorm: Callable | None = None) -> np.ndarray:
-    """Logits of batch ``x`` on the chip state: analog layers through the arrays (with GDC when
-    ``gdc``), digital layers in FP32, BatchNorm as the affine ``bn`` (default: the eval stats)."""
-    chip = state.chip
+                   batchnorm: Callable | None = None,
+                   adc_counts: dict[str, np.ndarray] | None = None,
+                   observe: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
+    """Logits of batch ``x`` on one read of the chip: analog layers through the arrays (with GDC
+    when ``gdc``, ADC output noise from ``noise_rng``), digital layers in FP32, BatchNorm as the
+    affine ``bn`` (default: the eval stats). ``adc_counts``: per analog layer, a (3,) int64 array
+    that accumulates the conversions that clipped, that read zero, and all of them. ``observe(layer, y)`` sees every
+    analog layer's outputs before the ADC (normalized units)."""
+    chip = read.chip
     net = chip.mapping.network
     ws = workspace if workspace is not None else Workspace()
     bn = bn or BatchNormStats.from_params(net, chip.params)
     # an analog conv whose only consumer is a BatchNorm gets the BN affine in its ADC pass (the
     # per-column periphery of the hardware); that BN is then the identity
-    fused = {} if batchnorm is not None else _fusable_batchnorms(net, state)
+    fused = {} if batchnorm is not None else _fusable_batchnorms(net, read.layers)
     dac_absmax: dict[str, np.ndarray] = {}
 
     def patches(layer: Layer, a: np.ndarray, workspace: Workspace) -> np.ndarray:
         """Analog conv inputs: im2col and the DAC in one pass (codes + abs-maxes)."""
-        ls = state.layers.get(layer.name)
-        if ls is None or layer.kind != "conv2d":
+        lr = read.layers.get(layer.name)
+        if lr is None or layer.kind != "conv2d":
             return matrix_input(layer, a, workspace)
         ho, wo, _ = net.shape(layer.name)
         rows = a.shape[0] * ho * wo
         out = workspace.get("im2col", (rows, a.shape[3] * layer.kernel * layer.kernel))
-        absmax = workspace.get("dac.absmax", (rows, len(ls.row_bounds)))
+        absmax = workspace.get("dac.absmax", (rows, len(lr.row_bounds)))
         kernels.im2col_dac_into(np.asarray(a, np.float32), layer.kernel, layer.stride,
-                                layer.padding, ho, wo, ls.row_bounds, chip.converters.dac_bits,
+                                layer.padding, ho, wo, lr.row_bounds, chip.converters.dac_bits,
                                 out, absmax)
         dac_absmax[layer.name] = absmax
         return out
 
     def matmul(layer: Layer, cols: np.ndarray) -> np.ndarray:
-        ls = state.layers.get(layer.name)
-        if ls is None:
+        lr = read.layers.get(layer.name)
+        if lr is None:
             return cols @ chip.digital[layer.name]
         bn_name = fused.get(layer.name)
+        counts = None
+        if adc_counts is not None:
+            counts = adc_counts.setdefault(layer.name, np.zeros(3, np.int64))
         # conv inputs are im2col scratch buffers of the workspace: the DAC may overwrite them
-        return analog_matmul(ls, cols, chip.converters, gdc=gdc, workspace=ws, noise_rng=noise_rng,
+        return analog_matmul(lr, cols, chip.converters, gdc=gdc, workspace=ws, noise_rng=noise_rng,
                              in_place=layer.kind == "conv2d",
                              affine=None if bn_name is None else bn.affine[bn_name],
-                             dac_absmax=dac_absmax.pop(layer.name, None))
+                             dac_absmax=dac_absmax.pop(layer.name, None), counts=counts,
+                             observe=None if observe is None else
+                             (lambda y, name=layer.name: observe(name, y)))
 
     fused_bns = set(fused.values())
 
@@ -304,24 +531,26 @@ def analog_forward(state: ChipState, x: np.ndarray, *, gdc: bool = True,
                    matrix_input_hook=patches)
 
 
-def _fusable_batchnorms(net: Network, state: ChipState) -> dict[str, str]:
+def _fusable_batchnorms(net: Network, analog: dict) -> dict[str, str]:
     """analog layer -> the BatchNorm that is its only consumer (no bias in between)."""
     users = net.consumers()
     out = {}
     for layer in net.layers:
         if layer.kind == "batchnorm" and len(layer.inputs) == 1:
             src = layer.inputs[0]
-            if src in state.layers and users[src] == [layer.name] and not net.layer(src).bias:
+            if src in analog and users[src] == [layer.name] and not net.layer(src).bias:
                 out[src] = layer.name
     return out
 
 
-def adabs(state: ChipState, calib: Dataset, *, gdc: bool = True, batch_size: int = 128,
-          noise_rng: np.random.Generator | None = None) -> BatchNormStats:
-    """AdaBS: run the calibration images through the drifted analog network (train-mode BatchNorm,
-    each batch normalized by its own statistics) and re-estimate every BatchNorm's running mean and
-    variance as the average over batches (PyTorch momentum=None, unbiased variance); return the
-    refreshed affine periphery."""
+def adabs(state: ChipState, calib: Dataset, *, read_rng: np.random.Generator | None,
+          noise_rng: np.random.Generator | None, gdc: bool = True, batch_size: int = 128
+          ) -> BatchNormStats:
+    """AdaBS: run the calibration images through the drifted chip (each batch a read of its own
+    from ``read_rng``; ADC noise from ``noise_rng``) with train-mode BatchNorm (each batch
+    normalized by its own statistics), and re-estimate every BatchNorm's running mean and variance
+    as the average over batches (PyTorch momentum=None, unbiased variance); return the refreshed
+    affine periphery."""
     net = state.chip.mapping.network
     params = state.chip.params
     sums: dict[str, list] = {l.name: [0.0, 0.0, 0] for l in net.layers if l.kind == "batchnorm"}
@@ -340,7 +569,8 @@ def adabs(state: ChipState, calib: Dataset, *, gdc: bool = True, batch_size: int
 
     ws = Workspace()
     for xb, _ in calib.batches(batch_size):
-        analog_forward(state, xb, gdc=gdc, workspace=ws, noise_rng=noise_rng, batchnorm=train_bn)
+        analog_forward(state.read(read_rng), xb, gdc=gdc, workspace=ws, noise_rng=noise_rng,
+                       batchnorm=train_bn)
     out = {}
     for layer in net.layers:
         if layer.kind != "batchnorm":
@@ -365,6 +595,26 @@ class AccuracySeries:
 
 
 @dataclass(frozen=True)
+class AdcStats:
+    """Conversions of one mapping's test passes at one time, per analog layer: (total, clipped,
+    read zero)."""
+    mapping: str
+    t_s: float
+    layers: tuple[tuple[str, int, int, int], ...]     # (layer, conversions, clipped, zero)
+
+    def to_dict(self) -> dict:
+        return {"mapping": self.mapping, "t_s": self.t_s,
+                "layers": [{"layer": n, "conversions": c, "clipped": k, "zero": z}
+                           for n, c, k, z in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdcStats":
+        return cls(d["mapping"], float(d["t_s"]), tuple(
+            (r["layer"], int(r["conversions"]), int(r["clipped"]), int(r["zero"]))
+            for r in d["layers"]))
+
+
+@dataclass(frozen=True)
 class AccuracyResult:
     fp32: float
     times_s: tuple[float, ...]
@@ -372,21 +622,36 @@ class AccuracyResult:
     images: int
     calib_images: int
     series: tuple[AccuracySeries, ...]
+    # how the run read the chip (reported so results can be compared with other conventions)
+    read_noise: str = "per-read"
+    gdc_readout: str = "real"
+    adc_range: str = "fixed"
+    adc_stats: tuple[AdcStats, ...] = ()
 
     def to_dict(self) -> dict:
         return {"fp32": self.fp32, "times_s": list(self.times_s), "seeds": self.seeds,
                 "images": self.images, "calib_images": self.calib_images,
+                "read_noise": self.read_noise, "gdc_readout": self.gdc_readout,
+                "adc_range": self.adc_range,
                 "series": [{"mapping": s.mapping, "compensation": s.compensation,
                             "mean": list(s.mean), "std": list(s.std),
-                            "per_seed": [list(r) for r in s.per_seed]} for s in self.series]}
+                            "per_seed": [list(r) for r in s.per_seed]} for s in self.series],
+                "adc_stats": [a.to_dict() for a in self.adc_stats]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "AccuracyResult":
-        """The inverse of :meth:`to_dict` (e.g. to re-render a saved report)."""
+        """The inverse of :meth:`to_dict` (e.g. to re-render a saved report). Reports written
+        before the read-noise options existed read as the frozen, ideal-readout convention they
+        used."""
+        old = "read_noise" not in d
         return cls(d["fp32"], tuple(d["times_s"]), d["seeds"], d["images"], d["calib_images"],
                    tuple(AccuracySeries(s["mapping"], s["compensation"], tuple(s["mean"]),
                                         tuple(s["std"]), tuple(tuple(r) for r in s["per_seed"]))
-                         for s in d["series"]))
+                         for s in d["series"]),
+                   d.get("read_noise", "frozen" if old else "per-read"),
+                   d.get("gdc_readout", "ideal" if old else "real"),
+                   d.get("adc_range", "fixed"),
+                   tuple(AdcStats.from_dict(a) for a in d.get("adc_stats", ())))
 
 
 def _count_correct(logits_fn, data: Dataset, batch_size: int, bar: Progress | None, note: str) -> int:
@@ -405,22 +670,34 @@ def fp32_accuracy(net: Network, params: dict, data: Dataset, batch_size: int = 1
                           "fp32") / max(len(data), 1)
 
 
-def chip_rng(seed: int, chip_index: int, mapping_index: int = 0) -> np.random.Generator:
-    """Generator of programmed chip ``chip_index`` (derived from (seed, chip, mapping))."""
-    return np.random.default_rng(np.random.SeedSequence([seed, chip_index, mapping_index, _PROGRAM]))
-
-
-def time_rng(seed: int, chip_index: int, mapping_index: int, time_index: int, tag: int = _READ
-             ) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, chip_index, mapping_index, tag,
-                                                         time_index]))
+def chip_streams(seed: int, policy: str, chip_index: int) -> Streams:
+    """The stream tree of programmed chip ``chip_index`` of mapping ``policy`` in a run seeded
+    ``seed``."""
+    return Streams(seed).child("mapping", policy, "chip", chip_index)
 
 
 def calibration_subset(calib: Dataset, n: int, seed: int) -> Dataset:
     """``n`` training images drawn without replacement (the training files are class-sorted)."""
     n = min(n, len(calib))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _CALIB]))
+    rng = Streams(seed)("calibration-subset")
     return calib.subset(np.sort(rng.permutation(len(calib))[:n]))
+
+
+def test_pass(state: ChipState, test: Dataset, streams: Streams, compensation: str, *,
+              bn: BatchNormStats | None = None, batch_size: int = 128,
+              workspace: Workspace | None = None, bar: Progress | None = None, note: str = "",
+              adc_counts: dict | None = None) -> float:
+    """Accuracy of one pass over ``test`` on the chip at one time: every batch a read of its own
+    (stream ``read/test/<compensation>``), ADC noise from ``adc-noise/test/<compensation>``."""
+    read_rng = streams("read", "test", compensation)
+    noise_rng = streams("adc-noise", "test", compensation)
+    gdc = compensation != "none"
+    ws = workspace if workspace is not None else Workspace()
+    correct = _count_correct(
+        lambda xb: analog_forward(state.read(read_rng), xb, gdc=gdc, bn=bn, workspace=ws,
+                                  noise_rng=noise_rng, adc_counts=adc_counts),
+        test, batch_size, bar, note)
+    return correct / max(len(test), 1)
 
 
 def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, *,
@@ -431,10 +708,11 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                       on_progress: Callable[["AccuracyResult"], None] | None = None
                       ) -> AccuracyResult:
     """Monte Carlo accuracy vs. time: FP32 once, then for each mapping, each programmed chip
-    (seed), each time after programming and each compensation, one pass over ``test``.
-    AdaBS needs ``calib`` (training images; ``calib_images`` of them). ``on_progress`` receives
-    the partial result after every (chip, time) (e.g. to write a report as the run goes): ``seeds``
-    counts the finished chips, each time's mean/std covers the chips that reached it."""
+    (seed), each time after programming and each compensation, one pass over ``test`` (every batch
+    a read of its own). AdaBS needs ``calib`` (training images; ``calib_images`` of them, also the
+    source of the ADC-range calibration images). ``on_progress`` receives the partial result after
+    every (chip, time) (e.g. to write a report as the run goes): ``seeds`` counts the finished
+    chips, each time's mean/std covers the chips that reached it."""
     times_s = tuple(float(t) for t in times_s)
     compensations = tuple(compensations)
     unknown = [c for c in compensations if c not in COMPENSATIONS]
@@ -444,16 +722,20 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
         raise ValueError("evaluate_accuracy: no mappings given")
     net = mappings[0].network
     calib_set = None
-    if "gdc+adabs" in compensations:
-        if calib is None:
-            raise ValueError("evaluate_accuracy: gdc+adabs needs calibration images (calib)")
+    if calib is not None and calib_images > 0:
         calib_set = calibration_subset(calib, calib_images, seed)
-    n_calib = len(calib_set) if calib_set is not None else 0
+    if "gdc+adabs" in compensations and calib_set is None:
+        raise ValueError("evaluate_accuracy: gdc+adabs needs calibration images (calib)")
+    n_calib = len(calib_set) if calib_set is not None and "gdc+adabs" in compensations else 0
     passes = 1 + len(mappings) * seeds * len(times_s) * len(compensations)
-    total = passes * len(test) + len(mappings) * seeds * len(times_s) * n_calib * (
-        "gdc+adabs" in compensations)
+    total = passes * len(test) + len(mappings) * seeds * len(times_s) * n_calib
+    range_images = None
+    conv0 = Converters.from_chip(mappings[0], precision)
+    if calib_set is not None and conv0.adc_range == "calibrated":
+        range_images = calib_set.normalized(slice(0, conv0.range_images))
     # per (mapping, compensation): [seed][time]
     acc: dict[tuple[int, str], list[list[float]]] = {}
+    counts: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     with Progress(total, "accuracy", enabled=progress) as bar:
         fp32 = fp32_accuracy(net, params, test, batch_size, bar)
 
@@ -470,31 +752,43 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                         tuple(float(np.mean(c)) if c else float("nan") for c in cols),
                         tuple(float(np.std(c)) if c else float("nan") for c in cols),
                         tuple(tuple(float(v) for v in r) for r in rows)))
-            return AccuracyResult(fp32, times_s, done_seeds, len(test), n_calib, tuple(series))
+            stats = tuple(
+                AdcStats(mappings[m].chip.mapping.policy, times_s[i], tuple(
+                    (name, int(c[2]), int(c[0]), int(c[1])) for name, c in per_layer.items()))
+                for (m, i), per_layer in sorted(counts.items()))
+            return AccuracyResult(fp32, times_s, done_seeds, len(test), n_calib, tuple(series),
+                                  mappings[0].chip.chip.device.read_noise, conv0.gdc_readout,
+                                  conv0.adc_range, stats)
 
         ws = Workspace()
         for k in range(seeds):
             for m, mp in enumerate(mappings):
-                chip = program_chip(mp, params, chip_rng(seed, k, m), precision=precision)
+                policy = mp.chip.mapping.policy
+                streams = chip_streams(seed, policy, k)
+                chip = program_chip(mp, params, streams, precision=precision,
+                                    calibration_images=range_images, batch_size=batch_size)
                 per_comp = {c: [] for c in compensations}
                 for comp in compensations:
                     acc.setdefault((m, comp), []).append(per_comp[comp])
                 for i, t in enumerate(times_s):
-                    state = chip.at(t, time_rng(seed, k, m, i))
-                    for c_i, comp in enumerate(compensations):
-                        noise_rng = time_rng(seed, k, m, i * 16 + c_i, _ADC_NOISE)
-                        gdc = comp != "none"
+                    ts = streams.child("time", i)
+                    state = chip.at(t, ts)
+                    layer_counts = counts.setdefault((m, i), {})
+                    pass_counts: dict[str, np.ndarray] = {}
+                    for comp in compensations:
                         bn = None
                         if comp == "gdc+adabs":
-                            bn = adabs(state, calib_set, gdc=True, batch_size=batch_size,
-                                       noise_rng=noise_rng)
-                            bar.advance(n_calib, f"{mp.chip.mapping.policy} chip {k} t={t:g}s adabs")
-                        note = f"{mp.chip.mapping.policy} chip {k} t={t:g}s {comp}"
-                        correct = _count_correct(
-                            lambda xb: analog_forward(state, xb, gdc=gdc, bn=bn, workspace=ws,
-                                                      noise_rng=noise_rng),
-                            test, batch_size, bar, note)
-                        per_comp[comp].append(correct / max(len(test), 1))
+                            bn = adabs(state, calib_set, read_rng=ts("read", "adabs"),
+                                       noise_rng=ts("adc-noise", "adabs"), gdc=True,
+                                       batch_size=batch_size)
+                            bar.advance(n_calib, f"{policy} chip {k} t={t:g}s adabs")
+                        note = f"{policy} chip {k} t={t:g}s {comp}"
+                        per_comp[comp].append(test_pass(state, test, ts, comp, bn=bn,
+                                                        batch_size=batch_size, workspace=ws,
+                                                        bar=bar, note=note,
+                                                        adc_counts=pass_counts))
+                    for name, c in pass_counts.items():
+                        layer_counts.setdefault(name, np.zeros(3, np.int64))[:] += c
                     if on_progress is not None:
                         on_progress(result(k))
             if on_progress is not None:

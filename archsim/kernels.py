@@ -220,10 +220,13 @@ def dac_code_scale(bits: int | None) -> float:
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _adc_kernel(y, in_scale, absmax, colscale, offset, bound, levels, noise, noise_sigma, out):
+def _adc_kernel(y, in_scale, absmax, colscale, offset, bound, levels, noise, noise_sigma, out,
+                counts):
     nb, rows, cols = y.shape
     step = bound / levels if levels > 0 else 0.0
     for p in prange(rows):
+        clipped = 0
+        zero = 0
         for n in range(cols):
             acc = 0.0
             for b in range(nb):
@@ -232,12 +235,18 @@ def _adc_kernel(y, in_scale, absmax, colscale, offset, bound, levels, noise, noi
                     v = v + noise_sigma * np.float64(noise[b, p, n])
                 if v > bound:
                     v = bound
+                    clipped += 1
                 elif v < -bound:
                     v = -bound
+                    clipped += 1
                 if levels > 0:
                     v = np.rint(v / step) * step
+                if v == 0.0:
+                    zero += 1
                 acc = acc + v * np.float64(absmax[p, b]) * np.float64(colscale[b, n])
             out[p, n] = acc + offset[n]
+        counts[p, 0] = clipped
+        counts[p, 1] = zero
     return out
 
 
@@ -247,16 +256,19 @@ _NO_NOISE = np.zeros((1, 1, 1), np.float32)
 def adc_accumulate_into(y: np.ndarray, absmax: np.ndarray, colscale: np.ndarray, bound: float | None,
                         bits: int | None, out: np.ndarray, noise: np.ndarray | None = None,
                         noise_sigma: float = 0.0, in_scale: float = 1.0,
-                        offset: np.ndarray | None = None) -> np.ndarray:
+                        offset: np.ndarray | None = None, counts: np.ndarray | None = None
+                        ) -> np.ndarray:
     """ADC and digital accumulation of row-block partial sums.
 
     ``y`` (B, P, N): analog outputs of each row block; times ``in_scale`` (e.g. the DAC code scale)
-    they are in normalized units (inputs and weights in [-1, 1]); optional ``noise_sigma * noise`` (same shape) is added, then each value is clipped to
-    +-``bound`` (None: no clip) and rounded to the signed levels 2^(bits-1) - 1 per side of the
-    bound (``bits=None``: no rounding), then scaled back by the input abs-max ``absmax`` (P, B) and
-    the per-column factor ``colscale`` (B, N), and summed over the row blocks (in float64) plus the
-    optional per-column ``offset`` (N,) into ``out`` (P, N). ``colscale`` and ``offset`` together
-    are the digital per-column affine periphery (GDC factor, BatchNorm scale and shift)."""
+    they are in normalized units (inputs and weights in [-1, 1]); optional ``noise_sigma * noise``
+    (same shape) is added, then each value is clipped to +-``bound`` (None: no clip) and rounded to
+    the signed levels 2^(bits-1) - 1 per side of the bound (``bits=None``: no rounding), then scaled
+    back by the input abs-max ``absmax`` (P, B) and the per-column factor ``colscale`` (B, N), and
+    summed over the row blocks (in float64) plus the optional per-column ``offset`` (N,) into
+    ``out`` (P, N). ``colscale`` and ``offset`` together are the digital per-column affine periphery
+    (GDC factor, BatchNorm scale and shift). ``counts`` (P, 2) int64, if given, receives per row
+    the conversions that clipped and the conversions that read zero (B x N conversions per row)."""
     nb, rows, cols = y.shape
     if y.dtype != np.float32 or out.dtype != np.float32:
         raise TypeError("adc_accumulate_into: float32 arrays expected")
@@ -273,7 +285,11 @@ def adc_accumulate_into(y: np.ndarray, absmax: np.ndarray, colscale: np.ndarray,
     offset = np.zeros(cols) if offset is None else np.ascontiguousarray(offset, np.float64)
     if offset.shape != (cols,):
         raise ValueError(f"adc_accumulate_into: offset must have shape ({cols},)")
+    if counts is None:
+        counts = np.empty((rows, 2), np.int64)
+    elif counts.shape != (rows, 2) or counts.dtype != np.int64 or not counts.flags.c_contiguous:
+        raise ValueError(f"adc_accumulate_into: counts must be C-contiguous int64 ({rows}, 2)")
     return _adc_kernel(y, float(in_scale), np.ascontiguousarray(absmax, np.float32),
                        np.ascontiguousarray(colscale, np.float32), offset,
                        np.inf if bound is None else float(bound), levels_of(bits), noise,
-                       float(noise_sigma), out)
+                       float(noise_sigma), out, counts)

@@ -115,9 +115,29 @@ class PCMModel:
         """(D2) then (R1): the conductances read t seconds after programming."""
         return self.read(self.drift(g_prog_us, nu, t_s), g_prog_us, t_s, rng)
 
+    def sample_read(self, g_drift_us: np.ndarray, sigma_us: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+        """(R1) one read of devices whose drifted conductance and read-noise sigma (from
+        :meth:`read_sigma_us`, noise scale not yet applied) are known: max(G_d + s_read sigma N, 0),
+        in the dtype of ``g_drift_us`` (float32 keeps a read of a whole chip cheap)."""
+        g = np.asarray(g_drift_us)
+        if self.ideal or self.read_noise_scale == 0:
+            return g.copy()
+        noise = rng.standard_normal(g.shape, dtype=g.dtype if g.dtype == np.float32 else np.float64)
+        noise *= sigma_us
+        if self.read_noise_scale != 1:
+            noise *= g.dtype.type(self.read_noise_scale)
+        noise += g
+        return np.maximum(noise, 0, out=noise)
 
-def targets(w: np.ndarray, scale_us_per_unit: np.ndarray | float, g_max_us: float
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Differential mapping (DESIGN 4): G+ = clip(w s, 0, g_max), G- = clip(-w s, 0, g_max)."""
+
+def targets(w: np.ndarray, scale_us_per_unit: np.ndarray | float, g_max_us: float,
+            devices_per_polarity: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Differential mapping (DESIGN 4) onto ``devices_per_polarity`` devices per sign: the total
+    targets G+ = clip(w s, 0, D g_max), G- = clip(-w s, 0, D g_max) are split equally, so each
+    device's target (returned, one per weight) is the total / D and never exceeds g_max."""
+    d = int(devices_per_polarity)
+    if d < 1:
+        raise ValueError(f"devices_per_polarity must be >= 1, got {devices_per_polarity}")
     ws = np.asarray(w, np.float64) * scale_us_per_unit
-    return np.clip(ws, 0.0, g_max_us), np.clip(-ws, 0.0, g_max_us)
+    return np.clip(ws, 0.0, d * g_max_us) / d, np.clip(-ws, 0.0, d * g_max_us) / d

@@ -105,6 +105,48 @@ def accuracy_table(acc: dict, tablefmt: str = "simple") -> str:
 NOT_ATTRIBUTED = "(not attributed: unused tiles)"
 
 
+READ_NOISE_TEXT = {"per-read": "per-read (every read of the chip draws fresh 1/f noise)",
+                   "frozen": "frozen (one draw per chip and time, shared by all reads: aihwkit)"}
+GDC_READOUT_TEXT = {"real": "real (calibration inputs through DAC, a noisy read and the ADC)",
+                    "ideal": "ideal (exact conductances, no converters)"}
+
+
+def read_model_line(acc: dict) -> str:
+    """How the run read the chip (absent keys: reports written before these options existed)."""
+    noise = acc.get("read_noise", "frozen")
+    readout = acc.get("gdc_readout", "ideal")
+    return (f"Read noise {READ_NOISE_TEXT.get(noise, noise)}; GDC readout "
+            f"{GDC_READOUT_TEXT.get(readout, readout)}; ADC range {acc.get('adc_range', 'fixed')}.")
+
+
+def adc_table(acc: dict, tablefmt: str = "simple") -> str | None:
+    """Per analog layer: the share of the test passes' conversions that clipped at the ADC bound
+    and that read zero, at the first and the last time after programming."""
+    stats = acc.get("adc_stats") or []
+    if not stats:
+        return None
+    times = sorted({s["t_s"] for s in stats})
+    picked = [times[0]] + ([times[-1]] if len(times) > 1 else [])
+    by = {(s["mapping"], s["t_s"]): {r["layer"]: r for r in s["layers"]} for s in stats}
+    rows = []
+    for mapping in dict.fromkeys(s["mapping"] for s in stats):
+        layers = by.get((mapping, picked[0]), {})
+        for name in layers:
+            row = [mapping, name]
+            for t in picked:
+                r = by.get((mapping, t), {}).get(name)
+                if r is None or not r["conversions"]:
+                    row += ["-", "-"]
+                else:
+                    row += [f"{100 * r['clipped'] / r['conversions']:.3f}",
+                            f"{100 * r['zero'] / r['conversions']:.2f}"]
+            rows.append(row)
+    headers = ["mapping", "layer"]
+    for t in picked:
+        headers += [f"clip % {format_time_s(t)}", f"zero % {format_time_s(t)}"]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
 def timing_table(report: dict, tablefmt: str = "simple") -> str:
     """Per layer: cycles (first inference), and energy per inference: dynamic (its actions) and
     leakage (of the hardware it holds over one steady-state interval)."""
@@ -249,7 +291,7 @@ def terminal_report(report: dict) -> str:
         acc = report["accuracy"]
         parts += ["", f"Accuracy vs time after programming ({acc['images']} test images, "
                       f"{acc['seeds']} programmed chips, {acc['calib_images']} AdaBS calibration "
-                      "images), %:", accuracy_table(acc)]
+                      "images), %:", accuracy_table(acc), read_model_line(acc)]
     if report.get("timing"):
         t = report["timing"]
         parts += ["", f"Timing ({t['inferences']} inferences in flight, clock "
@@ -280,9 +322,15 @@ def markdown_report(report: dict, plots: Sequence[str] = ()) -> str:
         acc = report["accuracy"]
         md += ["## Accuracy vs time after programming", "",
                f"{acc['images']} test images, {acc['seeds']} programmed chips (seeds), "
-               f"{acc['calib_images']} AdaBS calibration images; mean ± std in %.", "",
+               f"{acc['calib_images']} AdaBS calibration images; mean ± std in %. "
+               + read_model_line(acc), "",
                accuracy_table(acc, "github"), ""]
         md += [f"![accuracy vs time]({p})" for p in plots if "accuracy" in p] + [""]
+        adc = adc_table(acc, "github")
+        if adc:
+            md += ["### ADC conversions", "",
+                   "Share of the test passes' conversions per analog layer that clipped at the "
+                   "ADC bound and that read zero:", "", adc, ""]
     md += ["## Mapping", "", "```", report["mapping"].get("table", ""), "```", ""]
     if report.get("timing"):
         t = report["timing"]

@@ -30,7 +30,7 @@ from archsim.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 from archsim.config import load_chip  # noqa: E402
 from archsim.functional import COMPENSATIONS, DEFAULT_TIMES_S, AccuracyResult, evaluate_accuracy  # noqa: E402
 from archsim.mapping import map_network  # noqa: E402
-from archsim.report import accuracy_plot  # noqa: E402
+from archsim.report import accuracy_plot, adc_table, read_model_line  # noqa: E402
 from archsim.workloads import load_workload  # noqa: E402
 
 TIME_LABELS = {25.0: "25 s", 3600.0: "1 h", 86400.0: "1 day", 2592000.0: "1 month",
@@ -58,9 +58,39 @@ def findings(fp32: float, times_s, by: dict) -> list[str]:
     return lines + [""]
 
 
-def table(result: AccuracyResult, settings: dict, elapsed_s: float, planned_seeds: int) -> str:
+def previous_table(result: AccuracyResult, previous: dict | None) -> list[str]:
+    """The mean accuracies of an earlier run (its saved JSON) beside this run's, per time and
+    compensation, with the difference in points."""
+    if not previous:
+        return []
+    old = AccuracyResult.from_dict(previous["accuracy"])
+    old_by = {(s.mapping, s.compensation): s for s in old.series}
+    lines = [f"## Against the earlier run ({previous.get('label', 'previous model')})", "",
+             "Earlier: " + read_model_line(old.to_dict()), "",
+             "Now: " + read_model_line(result.to_dict()), "",
+             "| time | compensation | earlier | now | now - earlier |", "| --- | --- | --- | --- | --- |"]
+    for s in result.series:
+        o = old_by.get((s.mapping, s.compensation))
+        if o is None:
+            continue
+        for i, t in enumerate(result.times_s):
+            if t not in old.times_s or i >= len(s.mean) or s.mean[i] != s.mean[i]:
+                continue
+            j = old.times_s.index(t)
+            lines.append(f"| {TIME_LABELS.get(t, f'{t:g} s')} | {s.compensation} "
+                         f"| {100 * o.mean[j]:.2f} ± {100 * o.std[j]:.2f} "
+                         f"| {100 * s.mean[i]:.2f} ± {100 * s.std[i]:.2f} "
+                         f"| {100 * (s.mean[i] - o.mean[j]):+.2f} |")
+    if previous.get("explanation"):
+        lines += ["", previous["explanation"]]
+    return lines + [""]
+
+
+def table(result: AccuracyResult, settings: dict, elapsed_s: float, planned_seeds: int,
+          previous: dict | None = None) -> str:
     lines = ["# ResNet-32 / CIFAR-10 on the hybrid PCM chip: accuracy vs. time", "",
              f"FP32 reference (same images, digital): **{100 * result.fp32:.2f}%**", "",
+             read_model_line(result.to_dict()), "",
              f"Programmed chips (seeds) finished: **{result.seeds} of {planned_seeds}**"
              + ("" if result.seeds == planned_seeds else " (partial run: the rest did not finish)"),
              "", "Top-1 accuracy in %, mean ± std over the programmed chips:", ""]
@@ -84,6 +114,11 @@ def table(result: AccuracyResult, settings: dict, elapsed_s: float, planned_seed
                 lines.append(f"- {s.compensation}, chip {k}: "
                              + ", ".join(f"{100 * v:.2f}" for v in row))
         lines.append("")
+    lines += previous_table(result, previous)
+    adc = adc_table(result.to_dict(), "github")
+    if adc:
+        lines += ["## ADC conversions", "", "Share of the test passes' conversions per analog layer "
+                  "that clipped at the ADC bound and that read zero:", "", adc, ""]
     lines += ["## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
     lines += [f"- wall time{'' if result.seeds == planned_seeds else ' so far'}: "
               f"{elapsed_s / 60:.1f} min", ""]
@@ -103,9 +138,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "reports" / "accuracy_resnet32_hybrid.md"))
     ap.add_argument("--render", metavar="JSON", type=Path,
                     help="only rewrite the .md and .png of an earlier run from its .json")
+    ap.add_argument("--previous", metavar="JSON", type=Path,
+                    help="an earlier run's .json: its means are tabled beside this run's (with "
+                         "--previous-label and --previous-explanation for the report)")
+    ap.add_argument("--previous-label", default="previous model")
+    ap.add_argument("--previous-explanation", default="")
     args = ap.parse_args(argv)
     if args.render:
         return render(args.render)
+    previous = None
+    if args.previous:
+        previous = {"accuracy": json.loads(args.previous.read_text())["accuracy"],
+                    "label": args.previous_label, "explanation": args.previous_explanation}
 
     chip = load_chip(args.chip)
     wl = load_workload(args.workload)
@@ -125,8 +169,13 @@ def main(argv=None) -> int:
                        + ("" if len(test) == 10000 else " (evenly spaced subset: equal share of each class)"),
         "calibration (AdaBS)": f"{min(args.calib_images, len(calib))} images drawn at random from "
                                f"{Path(calib.source).name} (training split)",
-        "DAC / ADC": f"{tiles.dac.bits}-bit / {tiles.adc.bits}-bit, ADC bound "
-                     f"{tiles.adc.output_bound} (normalized units), ADC noise {tiles.adc.output_noise}",
+        "DAC / ADC": f"{tiles.dac.bits}-bit / {tiles.adc.bits}-bit, ADC range {tiles.adc.range} "
+                     + (f"(bound {tiles.adc.output_bound} normalized units)" if tiles.adc.range == "fixed"
+                        else f"(per-layer bound at the {tiles.adc.range_percentile}th percentile of "
+                             f"{tiles.calibration.range_images} calibration images)")
+                     + f", ADC output noise {tiles.adc.output_noise} (normalized units)",
+        "reads": f"read noise {chip.chip.device.read_noise}, GDC readout "
+                 f"{tiles.calibration.gdc_readout}, {tiles.array.devices_per_weight} devices per weight",
         "device": f"{chip.chip.device.model}, g_max {chip.chip.device.g_max_us} uS, t0 "
                   f"{chip.chip.device.t0_s} s, weight scaling {chip.chip.device.weight_scaling}",
         "GDC calibration input": tiles.calibration.gdc_input,
@@ -139,7 +188,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
 
     def write(result: AccuracyResult) -> None:
-        write_outputs(out, result, settings, time.perf_counter() - start, args.seeds)
+        write_outputs(out, result, settings, time.perf_counter() - start, args.seeds, previous)
 
     result = evaluate_accuracy([mapping], params, test, calib=calib, calib_images=args.calib_images,
                                seeds=args.seeds, seed=args.seed, batch_size=args.batch_size,
@@ -150,12 +199,12 @@ def main(argv=None) -> int:
 
 
 def write_outputs(out: Path, result: AccuracyResult, settings: dict, elapsed_s: float,
-                  planned_seeds: int) -> None:
+                  planned_seeds: int, previous: dict | None = None) -> None:
     """``out`` (Markdown) and, beside it, the same numbers as JSON and the plot as PNG."""
-    atomic_write_text(out, table(result, settings, elapsed_s, planned_seeds))
+    atomic_write_text(out, table(result, settings, elapsed_s, planned_seeds, previous))
     atomic_write_text(out.with_suffix(".json"), json.dumps(
         {"accuracy": result.to_dict(), "planned_seeds": planned_seeds, "settings": settings,
-         "wall_time_s": elapsed_s}, indent=1) + "\n")
+         "wall_time_s": elapsed_s, "previous": previous}, indent=1) + "\n")
     png = accuracy_plot(result.to_dict(), f"ResNet-32 / CIFAR-10, {result.images} test images, "
                                           f"{result.seeds} chips")
     if png is not None:
@@ -170,7 +219,7 @@ def render(json_path: Path) -> int:
     saved = json.loads(json_path.read_text())
     result = AccuracyResult.from_dict(saved["accuracy"])
     write_outputs(json_path.with_suffix(".md"), result, saved["settings"], saved["wall_time_s"],
-                  saved["planned_seeds"])
+                  saved["planned_seeds"], saved.get("previous"))
     return 0
 
 

@@ -196,8 +196,9 @@ def load_sweep(name_or_path: str | Path, *, data_dir: str | Path | None = None,
     zipped = _axes(s, "zip", file)
     lengths = {len(v) for v in zipped.values()}
     if len(lengths) > 1:
+        got = ", ".join(str(len(v)) for v in zipped.values())
         raise ConfigError(file, "sweep.zip", "expected lists of one length (zipped element by "
-                          f"element), got lengths {', '.join(str(len(v)) for v in zipped.values())}")
+                          f"element), got lengths {got}")
     both = set(grid) & set(zipped)
     if both:
         raise ConfigError(file, f"sweep.zip.{sorted(both)[0]}", "axis is also in sweep.grid")
@@ -274,7 +275,8 @@ def _axes(s: dict, section: str, file: str) -> dict[str, list]:
         raise ConfigError(file, f"sweep.{section}", "expected a mapping of axis -> list of values")
     for axis, values in axes.items():
         where = f"sweep.{section}.{axis}"
-        if not (axis in ("chip", "workload") or str(axis).startswith(("chip.", "mapping.", "run."))):
+        if axis not in ("chip", "workload") and \
+                not str(axis).startswith(("chip.", "mapping.", "run.")):
             raise ConfigError(file, where, "expected an axis chip.PATH, mapping.PATH, run.OPTION, "
                                            "chip (the base chip file) or workload")
         if not isinstance(values, list) or not values:
@@ -285,9 +287,11 @@ def _axes(s: dict, section: str, file: str) -> dict[str, list]:
 def _combinations(grid: dict[str, list], zipped: dict[str, list]):
     """Points as tuples of (axis, value, YAML path of the value in the sweep file): the grid's
     cartesian product (first axis slowest), crossed with the zipped group (fastest)."""
-    grid_axes = [[(a, v, f"sweep.grid.{a}[{j}]") for j, v in enumerate(vs)] for a, vs in grid.items()]
+    grid_axes = [[(a, v, f"sweep.grid.{a}[{j}]") for j, v in enumerate(vs)]
+                 for a, vs in grid.items()]
     n = len(next(iter(zipped.values()))) if zipped else 1
-    zip_rows = [tuple((a, vs[j], f"sweep.zip.{a}[{j}]") for a, vs in zipped.items()) for j in range(n)]
+    zip_rows = [tuple((a, vs[j], f"sweep.zip.{a}[{j}]") for a, vs in zipped.items())
+                for j in range(n)]
     return [tuple(itertools.chain(g, z)) for *g, z in itertools.product(*grid_axes, zip_rows)]
 
 
@@ -799,7 +803,7 @@ def sweep_markdown(columns: Sequence[str], rows: Sequence[dict], title: str,
     acc_col, _ = _objectives(columns, ok)
     front = {r["key"] for r in pareto_rows(columns, rows)}
     failed = [r for r in rows if r["status"] != OK]
-    md = [f"# Sweep {title}", "",
+    md = [f"# Design-space sweep: {title}", "",
           f"{len(rows)} points: {len(ok)} finished, {len(failed)} failed. The table is "
           f"[{TABLE}]({TABLE}) (one row per point; every figure, accuracy per time and "
           "compensation).", ""]

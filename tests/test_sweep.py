@@ -56,7 +56,7 @@ def table(out: Path):
     return columns, rows
 
 
-def test_sweep_rows_equal_single_runs(client, tmp_path):
+def test_sweep_rows_equal_single_runs(client, tmp_path, monkeypatch):
     spec = write(tmp_path, DIGITS_12)
     out = tmp_path / "out"
     assert main(["sweep", str(spec), "--out", str(out), "--quiet",
@@ -68,6 +68,8 @@ def test_sweep_rows_equal_single_runs(client, tmp_path):
     assert [(r["chip.tiles.adc.bits"], r["mapping.policy"], r["chip.tiles.array.rows"])
             for r in rows[:3]] == [(6, "hybrid", 128), (6, "hybrid", 256), (6, "all-analog", 128)]
     assert len({r["key"] for r in rows}) == 12
+    import archsim.report
+    monkeypatch.setattr(archsim.report, "render_plots", lambda report: {})   # numbers only
     for r in rows:
         assert r["status"] == "ok"
         run_out = tmp_path / f"run{r['index']}"
@@ -186,9 +188,50 @@ sweep:
         (out / sweep.REPORT_MD).read_text()
 
 
+def test_a_bug_in_a_task_is_retried_then_recorded_and_resume_reruns_it(client, tmp_path):
+    """An exception that is not a user error: Dask retries the task, the row says
+    internal-error, the exit status is 1, and --resume reruns that point only (one row per key)."""
+    def install(bad_bits):                  # runs in each worker process: a bug for one point
+        import archsim.simulate as simulate
+        original = getattr(simulate.run, "original", simulate.run)
+
+        def run(chip, *args, **kwargs):
+            if chip.chip.tiles.adc.bits == bad_bits:
+                run.failures += 1
+                raise RuntimeError("boom")
+            return original(chip, *args, **kwargs)
+        run.original, run.failures = original, 0
+        simulate.run = run if bad_bits is not None else original
+
+    def failures():
+        import archsim.simulate as simulate
+        return getattr(simulate.run, "failures", 0)
+
+    spec = write(tmp_path, "sweep:\n  grid: {chip.tiles.adc.bits: [6, 7, 8]}\n"
+                           "  run: {accuracy: false}\n")
+    out = tmp_path / "out"
+    args = ["sweep", str(spec), "--out", str(out), "--quiet", "--scheduler",
+            client.scheduler.address]
+    client.run(install, 7)
+    try:
+        assert main(args) == 1
+        assert sum(client.run(failures).values()) == 2          # the first try and one retry
+    finally:
+        client.run(install, None)
+    _, rows = table(out)
+    assert [r["status"] for r in rows] == ["ok", "internal-error", "ok"]
+    assert rows[1]["error"] == "RuntimeError: boom"
+    outcome = sweep.run_sweep(sweep.load_sweep(spec), out, client=client, resume=True,
+                              progress=False, log=open(os.devnull, "w"))
+    assert outcome.computed == [1] and sorted(outcome.skipped) == [0, 2]
+    _, rows = table(out)
+    assert [(r["index"], r["status"]) for r in rows] == [(0, "ok"), (1, "ok"), (2, "ok")]
+
+
 def test_local_cluster_from_the_command_line(tmp_path):
     """No --scheduler: a LocalCluster of its own (worker processes spawned from `python -m`)."""
-    spec = write(tmp_path, "sweep:\n  grid: {chip.tiles.adc.bits: [6, 8]}\n  run: {accuracy: false}\n")
+    spec = write(tmp_path, "sweep:\n  grid: {chip.tiles.adc.bits: [6, 8]}\n"
+                           "  run: {accuracy: false}\n")
     proc = subprocess.run([sys.executable, "-m", "archsim", "sweep", str(spec), "--workers", "1",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True,
                           timeout=120)

@@ -49,6 +49,7 @@ import io
 import itertools
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -524,7 +525,18 @@ def open_client(scheduler: str | None = None, workers: int | None = None):
         except (OSError, TimeoutError, ValueError) as exc:
             raise ConfigError("--scheduler", scheduler,
                               f"cannot connect to a Dask scheduler ({exc})") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+    # the worker processes are started with Ctrl-C ignored (they inherit it): an interrupt reaches
+    # only this process, which cancels the tasks and closes the cluster, without a traceback
+    # from every worker
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:                  # not the main thread: leave signals alone
+        previous = None
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return Client(cluster), cluster
 
 

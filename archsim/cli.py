@@ -133,6 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inferences", type=_positive_int,
                    help="inferences in flight (default: the golden file's)")
     _add_chip_options(p)
+
+    p = sub.add_parser("sweep", help="design-space sweep on Dask: one task per point, a results "
+                                     "table that resumes, Pareto table and plots")
+    p.add_argument("sweep", nargs="?", help="sweep YAML or shipped name (configs/sweeps/)")
+    p.add_argument("--out", metavar="DIR", help="results folder (default: out/<sweep name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --out: run only the points not in its table")
+    p.add_argument("--report", metavar="DIR",
+                   help="re-render the report of DIR/results.csv (runs nothing)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a running Dask scheduler, tcp://HOST:PORT or a scheduler file "
+                        "(default: a LocalCluster, one worker process per core)")
+    p.add_argument("--workers", type=_positive_int,
+                   help="worker processes of the LocalCluster (default: one per core)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="reruns of a point that raised an internal error (default 1)")
+    p.add_argument("--no-accuracy", action="store_true",
+                   help="timing, energy and area only, for every point")
+    p.add_argument("--data", metavar="DIR", help="folder with weights and datasets "
+                                                 "(else $ARCHSIM_DATA, then ~/.cache/archsim)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
     return parser
 
 
@@ -195,6 +216,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "train":
         return _train(args)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "regress":
         from .regress import check_cycles
         result = check_cycles(args.chip, args.workload, args.golden, tolerance=args.tolerance,
@@ -203,6 +226,32 @@ def _dispatch(args) -> int:
         print(result.summary())
         return 0 if (result.ok or args.update) else 1
     raise AssertionError(args.command)
+
+
+def _sweep(args) -> int:
+    """Exit status: 0 every point finished, 1 the sweep ran but some points recorded an error
+    (in their rows), 2 bad input (nothing ran)."""
+    from pathlib import Path
+
+    from . import sweep
+    if args.report:
+        files = sweep.write_report(args.report)
+        print(sweep.terminal_summary(args.report))
+        for path in files:
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
+    if not args.sweep:
+        raise ConfigError("sweep", "", "expected a sweep file (or a shipped name such as "
+                                       "adc_bits_x_array), or --report DIR")
+    spec = sweep.load_sweep(args.sweep, data_dir=args.data,
+                            accuracy=False if args.no_accuracy else None)
+    out = Path(args.out) if args.out else Path("out") / spec.name
+    outcome = sweep.run_sweep(spec, out, scheduler=args.scheduler, workers=args.workers,
+                              resume=args.resume, retries=args.retries, progress=not args.quiet)
+    print(sweep.terminal_summary(out))
+    for path in [outcome.table, *outcome.files]:
+        print(f"wrote {path}", file=sys.stderr)
+    return 1 if outcome.failed else 0
 
 
 def _train(args) -> int:

@@ -325,6 +325,14 @@ def parse_file(cls, path: str | Path, file_label: str | None = None):
     return _build(cls, data, file_label or str(path), "", sources)
 
 
+def from_data(cls, data: Any, file: str, yaml_path: str = ""):
+    """Plain data (a parsed YAML section, or a :meth:`ChipConfig.to_dict`) into the dataclass
+    ``cls``, with the same validation and error messages as a file; ``yaml_path`` is where the
+    data sits in ``file``. Used for the ``run:`` section of a sweep file and to rebuild a resolved
+    chip config on a sweep worker."""
+    return _build(cls, data, file, yaml_path, {})
+
+
 def _load_merged(path: Path, stack: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
     real = path.resolve()
     if real in stack:

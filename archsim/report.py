@@ -648,3 +648,65 @@ def write_compare(a: dict, b: dict, out_dir: str | Path) -> list[Path]:
         files[f"{tag}_layers.csv"] = layers_csv(rep).encode()
         files[f"{tag}_components.csv"] = components_csv(rep).encode()
     return write_files(Path(out_dir), files)
+
+
+# ------------------------------------------------------------------------------------------
+# Design-space sweeps (the figures; archsim.sweep decides what goes in them)
+# ------------------------------------------------------------------------------------------
+
+def report_json(report: dict) -> str:
+    """A report dict as JSON text (numpy scalars and arrays as plain numbers and lists)."""
+    return json.dumps(report, indent=1, default=_json_default) + "\n"
+
+
+def front_plot(x: Sequence[float], y: Sequence[float], labels: Sequence[str],
+               front: Sequence[bool], *, xlabel: str, ylabel: str, title: str,
+               legend_title: str = "") -> bytes | None:
+    """A scatter of design points, each labelled, with the Pareto-optimal ones joined in red;
+    a log x axis when x spans more than 20x. None without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    import numpy as np
+    x, y, front = np.asarray(x, float), np.asarray(y, float), np.asarray(front, bool)
+    fig, ax = plt.subplots(figsize=(7.6, 5.2))
+    ax.scatter(x[~front], y[~front], s=22, color="tab:blue", alpha=0.7, label="design point")
+    order = np.argsort(x[front], kind="stable")
+    ax.plot(x[front][order], y[front][order], "-o", color="tab:red", ms=6,
+            label="Pareto front (these two figures)")
+    log_x = bool(len(x)) and x.min() > 0 and x.max() / x.min() > 20
+    if log_x:
+        ax.set_xscale("log")
+    for xi, yi, text, dy in zip(x, y, labels, _label_offsets(np.log10(x) if log_x else x, y,
+                                                             labels)):
+        ax.annotate(text, (xi, yi), xytext=(4, 3 + dy), textcoords="offset points", fontsize=6,
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="grey") if dy else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, title=legend_title or None, title_fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig, plt)
+
+
+def _label_offsets(x, y, labels, *, width_pt: float = 390.0, height_pt: float = 270.0,
+                   char_pt: float = 3.6, line_pt: float = 7.5, gap_pt: float = 6.0) -> list[float]:
+    """Vertical offsets (points) that keep point labels from overlapping: each label, from the
+    top, takes the nearest free line slot above or below its point (plot about width_pt x
+    height_pt; labels char_pt wide per character, line_pt tall)."""
+    import numpy as np
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    span = lambda v: (v.max() - v.min()) or 1.0
+    px = (x - x.min()) / span(x) * width_pt
+    py = (y - y.min()) / span(y) * height_pt
+    placed: list[tuple[float, float, float]] = []          # (left, right, bottom) of a label
+    offsets = [0.0] * len(labels)
+    for i in sorted(range(len(labels)), key=lambda k: (-py[k], px[k])):
+        left, right = px[i], px[i] + char_pt * len(labels[i]) + gap_pt
+        for step in (0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6):
+            bottom = py[i] + step * line_pt
+            if all(right <= l or left >= r or abs(bottom - b) >= line_pt for l, r, b in placed):
+                break
+        placed.append((left, right, bottom))
+        offsets[i] = bottom - py[i]
+    return offsets

@@ -76,24 +76,52 @@ class RunResult:
         }
 
 
-def accuracy_for(mappings: Sequence[Mapping], workload: Workload, *, times_s, seeds: int,
-                 calib_images: int, test_images: int | None = None, seed: int = 0,
-                 weights: str | Path | None = None, progress: bool = True):
-    """Monte Carlo accuracy vs time for the given mappings (analog ones; digital-only mappings
-    contribute the FP32 reference)."""
+@dataclass(frozen=True)
+class AccuracyInputs:
+    """What an accuracy run reads: the weights, the test images (the evenly spaced subset) and the
+    AdaBS calibration images (already drawn from the training split), all read-only. Loaded once;
+    a sweep sends them to each of its workers once (:mod:`archsim.sweep`)."""
+    params: dict
+    test: Any                # datasets.Dataset
+    calib: Any               # datasets.Dataset | None
+
+
+def accuracy_inputs(workload: Workload, *, test_images: int | None = None,
+                    calib_images: int = 1000, seed: int = 0, weights: str | Path | None = None,
+                    calibration: bool = True) -> AccuracyInputs:
+    """Load the weights and data an accuracy run needs (``calibration=False``: no training images,
+    e.g. for an all-digital chip, which has nothing to calibrate)."""
     from . import functional
     params = workload.load_params(weights)
     test = workload.dataset("test")
     if test_images is not None and test_images < len(test):
         # evenly spaced, not the first N: test files may be sorted by class (shared CIFAR-10 is)
         test = test.subset(np.linspace(0, len(test), test_images, endpoint=False).astype(np.int64))
+    calib = None
+    if calibration and calib_images > 0:
+        # drawn here, once; evaluate_accuracy's own draw of all of them is the identity
+        calib = functional.calibration_subset(workload.dataset("train"), calib_images, seed)
+    return AccuracyInputs(params, test, calib)
+
+
+def accuracy_for(mappings: Sequence[Mapping], workload: Workload, *, times_s, seeds: int,
+                 calib_images: int, test_images: int | None = None, seed: int = 0,
+                 weights: str | Path | None = None, progress: bool = True,
+                 inputs: AccuracyInputs | None = None):
+    """Monte Carlo accuracy vs time for the given mappings (analog ones; digital-only mappings
+    contribute the FP32 reference). ``inputs``: weights and data already loaded
+    (:func:`accuracy_inputs` with the same options), else they are loaded here."""
+    from . import functional
     analog = [m for m in mappings if m.analog_layers]
+    if inputs is None:
+        inputs = accuracy_inputs(workload, test_images=test_images, calib_images=calib_images,
+                                 seed=seed, weights=weights, calibration=bool(analog))
+    params, test = inputs.params, inputs.test
     if not analog:
         # an all-digital chip neither drifts nor is noisy: its accuracy is the FP32 one at all times
         fp32 = functional.fp32_accuracy(workload.network, params, test)
         return functional.AccuracyResult(fp32, tuple(times_s), 0, len(test), 0, ())
-    calib = workload.dataset("train") if calib_images > 0 else None
-    return functional.evaluate_accuracy(analog, params, test, calib=calib,
+    return functional.evaluate_accuracy(analog, params, test, calib=inputs.calib,
                                         calib_images=calib_images, times_s=tuple(times_s),
                                         seeds=seeds, seed=seed, progress=progress)
 
@@ -102,8 +130,10 @@ def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, 
         accuracy: bool = True, accuracy_policies: Sequence[str] | None = None,
         times_s: Sequence[float] | None = None, seeds: int = 3, calib_images: int = 1000,
         test_images: int | None = None, inferences: int = 4, seed: int = 0,
-        weights: str | Path | None = None, progress: bool = True) -> RunResult:
-    """One chip x one workload, end to end."""
+        weights: str | Path | None = None, progress: bool = True,
+        inputs: AccuracyInputs | None = None) -> RunResult:
+    """One chip x one workload, end to end. ``inputs``: the accuracy run's weights and data,
+    already loaded (:func:`accuracy_inputs`)."""
     from . import accounting, functional, timing
     chip_cfg, wl = load(chip, workload, overrides=overrides, policy=policy, data_dir=data_dir)
     mapping = map_network(chip_cfg, wl.network)
@@ -115,6 +145,6 @@ def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, 
                     else map_network(chip_cfg.with_mapping(p), wl.network) for p in policies]
         acc = accuracy_for(mappings, wl, times_s=times_s or functional.DEFAULT_TIMES_S,
                            seeds=seeds, calib_images=calib_images, test_images=test_images,
-                           seed=seed, weights=weights, progress=progress)
+                           seed=seed, weights=weights, progress=progress, inputs=inputs)
     cost = accounting.account(mapping, tim)
     return RunResult(mapping, wl, acc, tim, cost)

@@ -1,0 +1,1 @@
+"""Shipped design-space sweeps (YAML). Installed as ``archsim.configs.sweeps``."""

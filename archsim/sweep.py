@@ -83,7 +83,9 @@ DONE = (OK, ERROR)                 # what --resume keeps; an internal error may 
 # summary figures (DESIGN.md section 8) per point; tops_per_mm2 is the workload's TOPS / area
 FIGURES = ("energy_per_inference_uj", "latency_ns", "inferences_per_s", "tops", "tops_per_w",
            "tops_per_mm2", "area_mm2", "power_w", "peak_tops", "peak_tops_per_w",
-           "peak_tops_per_mm2")
+           "peak_tops_per_mm2", "dynamic_energy_per_inference_uj",
+           "leakage_energy_per_inference_uj", "leakage_power_w", "single_inference_energy_uj",
+           "energy_per_inference_ungated_uj", "power_ungated_w")
 COLUMNS_BEFORE_FIGURES = ("status", "error", "chip_name", "workload_name")
 ACCURACY_INFO = ("accuracy_images", "accuracy_seeds", "accuracy_fp32")
 COLUMNS_LAST = ("seconds", "key")

@@ -29,7 +29,7 @@ import numpy as np
 from . import kernels
 from .datasets import Dataset
 from .mapping import LayerMapping, Mapping
-from .network import Layer, Network, Workspace, batchnorm_affine, forward, matrix_input
+from .network import Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, matrix_input
 from .pcm import PCMModel, targets
 from .progress import Progress
 
@@ -159,21 +159,29 @@ def _gdc_readout(wn: np.ndarray, row_bounds, col_bounds, conv: Converters) -> np
 
 
 def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Converters,
-                  per_column: bool, rng: np.random.Generator) -> ProgrammedLayer:
+                  per_column: bool, rng: np.random.Generator,
+                  mask: np.ndarray | None = None) -> ProgrammedLayer:
+    """Program one analog layer's arrays. ``mask`` (K, N): the devices that hold a weight (the
+    diagonal blocks of a grouped conv); the others stay in the RESET state (0 conductance, no
+    programming noise). Columns of a row block that no array covers get unit 0 (no output)."""
     row_bounds = np.array(lm.row_bounds(), np.int64).reshape(-1, 2)
     col_bounds = tuple(lm.col_bounds())
-    unit = np.empty((len(row_bounds), lm.n))
-    scale_full = np.empty(w.shape)
-    for b, (r0, r1) in enumerate(row_bounds):
-        for c0, c1 in col_bounds:
-            s = _block_scales(w[r0:r1, c0:c1], model.g_max_us, per_column)
-            unit[b, c0:c1] = 1.0 / s
-            scale_full[r0:r1, c0:c1] = s
+    row_block = {bounds: b for b, bounds in enumerate(lm.row_bounds())}
+    unit = np.zeros((len(row_bounds), lm.n))
+    scale_full = np.ones(w.shape)
+    for a in lm.arrays:
+        r0, r1, c0, c1 = a.row_start, a.row_stop, a.col_start, a.col_stop
+        s = _block_scales(w[r0:r1, c0:c1], model.g_max_us, per_column)
+        unit[row_block[(r0, r1)], c0:c1] = 1.0 / s
+        scale_full[r0:r1, c0:c1] = s
     gt_pos, gt_neg = targets(w, scale_full, model.g_max_us)
     g_pos = model.program(gt_pos, rng)                  # (P1)
     g_neg = model.program(gt_neg, rng)
     nu_pos = model.drift_exponents(gt_pos, rng)         # (D1)
     nu_neg = model.drift_exponents(gt_neg, rng)
+    if mask is not None:
+        g_pos = np.where(mask, g_pos, 0.0)
+        g_neg = np.where(mask, g_neg, 0.0)
     wn0 = normalized_weights(g_pos, g_neg, model.g_max_us)
     baseline = _gdc_readout(wn0, row_bounds, col_bounds, conv)
     return ProgrammedLayer(lm.name, row_bounds, col_bounds, unit, g_pos, g_neg, nu_pos, nu_neg,
@@ -190,9 +198,11 @@ def program_chip(mapping: Mapping, params: dict, rng: np.random.Generator, *,
     per_column = mapping.chip.chip.device.weight_scaling == "per-column"
     layers, digital = {}, {}
     for lm in mapping.layers:
-        w = net.weight_matrix(params, net.layer(lm.name))
+        layer = net.layer(lm.name)
+        w = layer.weight_matrix(params)
         if lm.analog:
-            layers[lm.name] = program_layer(lm, w.astype(np.float64), model, conv, per_column, rng)
+            layers[lm.name] = program_layer(lm, w.astype(np.float64), model, conv, per_column, rng,
+                                            layer.weight_mask(lm.k))
         else:
             digital[lm.name] = w
     return ProgrammedChip(mapping, params, model, conv, layers, digital)
@@ -248,7 +258,7 @@ class BatchNormStats:
     @classmethod
     def from_params(cls, net: Network, params: dict) -> "BatchNormStats":
         return cls({l.name: batchnorm_affine(params, l.name, l.eps)
-                    for l in net.layers if l.kind == "batchnorm"})
+                    for l in net.batchnorm_layers()})
 
 
 def analog_forward(state: ChipState, x: np.ndarray, *, gdc: bool = True,
@@ -266,29 +276,31 @@ def analog_forward(state: ChipState, x: np.ndarray, *, gdc: bool = True,
     fused = {} if batchnorm is not None else _fusable_batchnorms(net, state)
     dac_absmax: dict[str, np.ndarray] = {}
 
-    def patches(layer: Layer, a: np.ndarray, workspace: Workspace) -> np.ndarray:
-        """Analog conv inputs: im2col and the DAC in one pass (codes + abs-maxes)."""
+    def patches(layer: MatrixLayer, a: np.ndarray, workspace: Workspace) -> np.ndarray:
+        """Analog conv inputs: im2col and the DAC in one pass (codes + abs-maxes), where the
+        numba patch kernel applies (square kernel, one stride and padding, no dilation)."""
         ls = state.layers.get(layer.name)
-        if ls is None or layer.kind != "conv2d":
+        square = layer.square
+        if ls is None or square is None:
             return matrix_input(layer, a, workspace)
+        kernel, stride, padding = square
         ho, wo, _ = net.shape(layer.name)
         rows = a.shape[0] * ho * wo
-        out = workspace.get("im2col", (rows, a.shape[3] * layer.kernel * layer.kernel))
+        out = workspace.get("im2col", (rows, a.shape[3] * kernel * kernel))
         absmax = workspace.get("dac.absmax", (rows, len(ls.row_bounds)))
-        kernels.im2col_dac_into(np.asarray(a, np.float32), layer.kernel, layer.stride,
-                                layer.padding, ho, wo, ls.row_bounds, chip.converters.dac_bits,
-                                out, absmax)
+        kernels.im2col_dac_into(np.asarray(a, np.float32), kernel, stride, padding, ho, wo,
+                                ls.row_bounds, chip.converters.dac_bits, out, absmax)
         dac_absmax[layer.name] = absmax
         return out
 
-    def matmul(layer: Layer, cols: np.ndarray) -> np.ndarray:
+    def matmul(layer: MatrixLayer, cols: np.ndarray) -> np.ndarray:
         ls = state.layers.get(layer.name)
         if ls is None:
-            return cols @ chip.digital[layer.name]
+            return layer.multiply(cols, chip.digital[layer.name])
         bn_name = fused.get(layer.name)
-        # conv inputs are im2col scratch buffers of the workspace: the DAC may overwrite them
+        # conv patches are fresh or scratch buffers of the workspace: the DAC may overwrite them
         return analog_matmul(ls, cols, chip.converters, gdc=gdc, workspace=ws, noise_rng=noise_rng,
-                             in_place=layer.kind == "conv2d",
+                             in_place=layer.input_is_copy,
                              affine=None if bn_name is None else bn.affine[bn_name],
                              dac_absmax=dac_absmax.pop(layer.name, None))
 
@@ -308,8 +320,8 @@ def _fusable_batchnorms(net: Network, state: ChipState) -> dict[str, str]:
     """analog layer -> the BatchNorm that is its only consumer (no bias in between)."""
     users = net.consumers()
     out = {}
-    for layer in net.layers:
-        if layer.kind == "batchnorm" and len(layer.inputs) == 1:
+    for layer in net.batchnorm_layers():
+        if len(layer.inputs) == 1:
             src = layer.inputs[0]
             if src in state.layers and users[src] == [layer.name] and not net.layer(src).bias:
                 out[src] = layer.name
@@ -324,7 +336,7 @@ def adabs(state: ChipState, calib: Dataset, *, gdc: bool = True, batch_size: int
     refreshed affine periphery."""
     net = state.chip.mapping.network
     params = state.chip.params
-    sums: dict[str, list] = {l.name: [0.0, 0.0, 0] for l in net.layers if l.kind == "batchnorm"}
+    sums: dict[str, list] = {l.name: [0.0, 0.0, 0] for l in net.batchnorm_layers()}
 
     def train_bn(layer: Layer, a: np.ndarray) -> np.ndarray:
         axes = tuple(range(a.ndim - 1))
@@ -342,9 +354,7 @@ def adabs(state: ChipState, calib: Dataset, *, gdc: bool = True, batch_size: int
     for xb, _ in calib.batches(batch_size):
         analog_forward(state, xb, gdc=gdc, workspace=ws, noise_rng=noise_rng, batchnorm=train_bn)
     out = {}
-    for layer in net.layers:
-        if layer.kind != "batchnorm":
-            continue
+    for layer in net.batchnorm_layers():
         s_mean, s_var, nbat = sums[layer.name]
         out[layer.name] = batchnorm_affine(params, layer.name, layer.eps, s_mean / max(nbat, 1),
                                            s_var / max(nbat, 1))

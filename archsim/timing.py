@@ -58,7 +58,11 @@ report their producer's times. Add, pools, global pool and the option-A shortcut
 first operand lives, on a vector unit of ``affine.lanes`` lanes without contention: a row costs
 ``ceil(ops / lanes)`` cycles, ops = output elements (add), output elements x kernel^2 (pools),
 input elements (global pool), 0 for the shortcut (a strided selection with zero channels); each op
-is an ``accumulator.add``.
+is an ``accumulator.add``. Each layer class says which it is (:mod:`archsim.layers`: ``timing``,
+``vector_ops``, ``input_row_needed``): Clip (ReLU6) and LeakyReLU fuse like ReLU; Mul, Sigmoid,
+Tanh and HardSigmoid cost one op per output element, HardSwish two; Concat, Pad and Slice are
+selections (0 ops) whose row r needs input row r, r - pad_top and start + r x step; a grouped
+digital conv runs its groups as separate GEMMs (their folds shared by the units).
 
 Data movement: activations are ``ceil(dac.bits/8)`` bytes between analog tiles and FP32 (4 bytes)
 to or from the digital units (the network input comes from the digital side). Each produced row is
@@ -106,8 +110,6 @@ from .mapping import LayerMapping, Mapping
 from .network import INPUT, Layer, Network
 
 FP32_BYTES = 4
-FUSED_KINDS = ("batchnorm", "relu", "flatten")
-VECTOR_KINDS = ("add", "maxpool", "avgpool", "globalavgpool", "shortcut_a")
 
 
 def ns_to_cycles(ns: float, clock_ns: float) -> int:
@@ -197,12 +199,22 @@ def systolic_sram_bytes(m: int, k: int, n: int, rows: int, cols: int, dataflow: 
     return words * FP32_BYTES
 
 
-def digital_layer_cycles(chip: ChipConfig, m: int, k: int, n: int) -> tuple[int, int, int]:
-    """(total cycles, stall cycles, SRAM bytes) of one digital GEMM on the digital cluster."""
+def digital_layer_cycles(chip: ChipConfig, m: int, k: int, n: int, groups: int = 1
+                         ) -> tuple[int, int, int]:
+    """(total cycles, stall cycles, SRAM bytes) of one digital GEMM on the digital cluster; a
+    grouped conv is ``groups`` independent GEMMs of M x K/groups x N/groups whose folds the units
+    share."""
     d = chip.chip.digital
     s = d.systolic
-    compute = systolic_cycles(m, k, n, s.rows, s.cols, s.dataflow, d.units)
-    nbytes = systolic_sram_bytes(m, k, n, s.rows, s.cols, s.dataflow)
+    if groups == 1:
+        compute = systolic_cycles(m, k, n, s.rows, s.cols, s.dataflow, d.units)
+        nbytes = systolic_sram_bytes(m, k, n, s.rows, s.cols, s.dataflow)
+    else:
+        kg, ng = k // groups, n // groups
+        s_r, s_c, t = {"os": (m, ng, kg), "ws": (kg, ng, m), "is": (kg, m, ng)}[s.dataflow]
+        folds = groups * math.ceil(s_r / s.rows) * math.ceil(s_c / s.cols)
+        compute = math.ceil(folds / max(d.units, 1)) * (2 * s.rows + s.cols + t - 2)
+        nbytes = groups * systolic_sram_bytes(m, kg, ng, s.rows, s.cols, s.dataflow)
     sram = math.ceil(nbytes / (max(d.units, 1) * d.sram.bytes_per_cycle))
     return max(compute, sram), max(0, sram - compute), nbytes
 
@@ -440,17 +452,15 @@ def _rows_of(shape: tuple[int, ...]) -> tuple[int, int]:
     return 1, int(math.prod(shape))
 
 
-def _need_fn(layer: Layer, declared_in: tuple[int, ...], src_rows: int) -> Callable[[int], int]:
+def _need_fn(layer: Layer, in_index: int, declared_in: tuple[int, ...], src_rows: int
+             ) -> Callable[[int], int]:
+    """Consumer row -> the last producer row it needs (the layer says which, e.g. a 3x3 conv row r
+    needs input row r*stride - pad + 2; None: all rows)."""
     last = src_rows - 1
-    if len(declared_in) != 3 or src_rows == 1 or layer.kind in ("linear", "globalavgpool",
-                                                                 "flatten"):
+    if len(declared_in) != 3 or src_rows == 1 or layer.input_row_needed(0, in_index,
+                                                                         declared_in) is None:
         return lambda r: last
-    if layer.kind in ("conv2d", "maxpool", "avgpool"):
-        k, s, p = layer.kernel, layer.stride, layer.padding
-        return lambda r: min(last, r * s - p + k - 1)
-    if layer.kind == "shortcut_a":
-        return lambda r: min(last, 2 * r)
-    return lambda r: min(last, r)
+    return lambda r: min(last, layer.input_row_needed(r, in_index, declared_in))
 
 
 class _Plan:
@@ -477,7 +487,7 @@ class _Plan:
                 node.actions[key] = node.actions.get(key, 0) + int(count)
 
         for layer in net.layers:
-            if layer.kind in FUSED_KINDS:
+            if layer.timing == "fused":
                 self.alias[layer.name] = self.alias[layer.inputs[0]]
                 self.fused[layer.name] = self.alias[layer.inputs[0]].name
                 continue
@@ -504,30 +514,22 @@ class _Plan:
                         add_actions(node, "interconnect.byte_hop", rows * b * ic.hops(s, d_))
                 else:
                     node = _Node(layer, layer.name, "digital", rows, row_values, [(D, 1.0)], lm)
-                    total, stall, nbytes = digital_layer_cycles(chip, m, lm.k, lm.n)
+                    total, stall, nbytes = digital_layer_cycles(chip, m, lm.k, lm.n, lm.groups)
                     node.row_cycles = [total * (r + 1) // rows - total * r // rows
                                        for r in range(rows)]
                     node.stall = stall
-                    add_actions(node, "digital_mac.mac", m * lm.k * lm.n)
+                    add_actions(node, "digital_mac.mac", lm.macs)
                     add_actions(node, "sram.byte", nbytes)
             else:
                 node = _Node(layer, layer.name, "vector", rows, row_values, list(first.loc))
-                if layer.kind == "add":
-                    ops = row_values
-                elif layer.kind in ("maxpool", "avgpool"):
-                    ops = row_values * layer.kernel ** 2
-                elif layer.kind == "globalavgpool":
-                    src0 = layer.inputs[0]
-                    ops = int(math.prod(net.shape(src0) if src0 != INPUT else net.input_shape))
-                else:                                   # shortcut_a: selection only
-                    ops = 0
+                ops = layer.vector_ops(net.input_shapes_of(layer), out_shape, row_values)
                 node.row_cycles = [math.ceil(ops / self.lanes)] * rows
                 add_actions(node, "accumulator.add", ops * rows)
             # input edges
-            for src_name in layer.inputs:
+            for in_index, src_name in enumerate(layer.inputs):
                 src = self.alias[src_name]
                 declared = net.shape(src_name) if src_name != INPUT else tuple(net.input_shape)
-                need = _need_fn(layer, declared, src.rows)
+                need = _need_fn(layer, in_index, declared, src.rows)
                 if node.role == "analog":
                     dst_loc = [(a.tile, a.rows_used / node.lm.k) for a in node.lm.arrays]
                 elif node.role == "digital":

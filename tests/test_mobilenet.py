@@ -71,7 +71,15 @@ def test_groups_larger_than_an_array_are_split_within_their_block():
 # Functional: the analog product of grouped layers
 # ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make", [depthwise_net, grouped_big_net], ids=["depthwise", "split"])
+def general_conv_net():
+    """Rectangular kernel, two strides, asymmetric pads, dilation, groups: the numpy patch path."""
+    return Network("gen", (7, 6, 4), (
+        Layer("c", "conv2d", (INPUT,), out_channels=6, kernel=(3, 2), stride=(2, 1),
+              padding=(1, 0, 2, 1), dilation=(1, 2), groups=2, bias=True),), 10)
+
+
+@pytest.mark.parametrize("make", [depthwise_net, grouped_big_net, general_conv_net],
+                         ids=["depthwise", "split", "general"])
 def test_grouped_ideal_unlimited_equals_fp32(make):
     net = make()
     params = init_params(net, np.random.default_rng(0))

@@ -119,7 +119,9 @@ def global_pools():
 def reduce_mean_opset18():
     g = Graph(("N", 3, 5, 4), opset=18)
     a = g.op("ReduceMean", ["x", g.init(np.array([-1, -2], np.int64))], keepdims=1)
-    return g.model(g.op("Reshape", [a, g.init(np.array([-1, 3], np.int64))])), []
+    b = g.op("Squeeze", [g.op("GlobalAveragePool", ["x"]), g.init(np.array([3, 2], np.int64))])
+    y = g.op("Concat", [g.op("Reshape", [a, g.init(np.array([-1, 3], np.int64))]), b], axis=1)
+    return g.model(y), []
 
 
 def add_mul_broadcast():
@@ -250,8 +252,7 @@ def test_external_data_models_load(tmp_path):
               location="ext.onnx.data", size_threshold=0)
     assert (tmp_path / "ext.onnx.data").stat().st_size > 1000
     net, params = archsim.import_onnx(path)
-    ref, _ = archsim.import_onnx(save(model, tmp_path / "inline.onnx"))
-    inline = archsim.import_onnx(tmp_path / "inline.onnx")[1]
+    _, inline = archsim.import_onnx(save(model, tmp_path / "inline.onnx"))
     assert params.keys() == inline.keys()
     assert all(np.array_equal(params[k], inline[k]) for k in params)
 
@@ -289,7 +290,7 @@ def test_cli_map_and_run_take_an_onnx_file(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["accuracy"] is None and report["workload"]["dataset"] is None
     assert report["timing"]["latency_cycles"] > 0 and report["summary"]["area_mm2"] > 0
-    assert report["energy"]["total_uj"] > 0 if "total_uj" in report["energy"] else True
+    assert report["energy"]["per_inference_pj"] > 0
 
 
 def test_run_without_a_dataset_is_one_line(tmp_path, capsys):
@@ -355,7 +356,7 @@ def test_compare_api(tmp_path):
     a, b = both.reports()
     assert a["chip"]["name"] != b["chip"]["name"]
     assert a["workload"]["macs_per_inference"] == b["workload"]["macs_per_inference"]
-    assert "ratio" in both.table().lower() or "/" in both.table()
+    assert "A / B" in both.table().splitlines()[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -383,7 +384,7 @@ def test_unsupported_op(tmp_path, capsys):
     path = small(lambda g: g.op("Erf", [g.op("Relu", ["x"])], name="my_erf"), tmp_path)
     err = run_cli(capsys, tmp_path, path)
     assert f"{path}: node my_erf (Erf): unsupported op Erf (supported: Add, AveragePool," in err
-    assert "Slice, Sub, Tanh" in err
+    assert "Slice, Squeeze, Sub, Tanh" in err
 
 
 @pytest.mark.parametrize("build, needle", [
@@ -399,6 +400,17 @@ def test_unsupported_op(tmp_path, capsys):
 ])
 def test_unsupported_attribute_value(build, needle, tmp_path, capsys):
     assert needle in run_cli(capsys, tmp_path, small(build, tmp_path))
+
+
+def test_batch_size_never_becomes_a_constant(tmp_path, capsys):
+    """A value computed from the symbolic batch size used as data (not as Reshape's batch axis)
+    is refused rather than frozen at some batch size."""
+    def build(g):
+        n = g.op("Gather", [g.op("Shape", ["x"]), g.const(np.array(0, np.int64))], axis=0)
+        scale = g.op("Cast", [n], to=TensorProto.FLOAT)
+        return g.op("Mul", ["x", scale], name="scale_by_batch")
+    err = run_cli(capsys, tmp_path, small(build, tmp_path))
+    assert "node scale_by_batch (Mul): constant" in err and "depends on the batch size" in err
 
 
 def test_dynamic_spatial_size(tmp_path, capsys):

@@ -71,10 +71,13 @@ class Workload:
         return find_data_file(name, self.data_dir, Path(self.file).parent)
 
     def load_params(self, path: str | Path | None = None) -> dict[str, np.ndarray]:
-        """The network's weights: from ``path``, else the workload's weights file, else the ONNX
-        model's initializers."""
+        """The network's weights: from ``path`` (.npz, or an .onnx model's initializers), else the
+        workload's weights file, else the ONNX model's initializers."""
         if path is None and self.spec.weights is not None:
             path = self.find(self.spec.weights)
+        if path is not None and is_onnx(path):
+            from .onnx_import import import_onnx
+            return self.network.check_params(import_onnx(path)[1], str(path))
         if path is not None:
             return load_weights(self.network, Path(path))
         if self.params is not None:

@@ -334,6 +334,21 @@ def test_dataset_that_does_not_fit_the_network(tmp_path, monkeypatch):
         W.load_workload(tmp_path / "mobilenet.onnx", dataset="imagenet")
 
 
+def test_train_fine_tunes_an_onnx_model(tmp_path, capsys):
+    """archsim train on a bare .onnx: --dataset names the data, --init the model's own weights;
+    the trained weights load back as the workload's."""
+    path = str(save(mobilenet(), tmp_path / "mobilenet.onnx"))
+    out = tmp_path / "w.npz"
+    assert main(["train", path, "--dataset", "digits", "--init", path, "--epochs", "1",
+                 "--max-images", "64", "--noise", "0", "--quiet", "--out", str(out)]) == 0
+    assert "trained mobilenet: 1 epochs" in capsys.readouterr().out
+    from archsim.workloads import load_workload
+    wl = load_workload(path)
+    trained, original = wl.load_params(out), wl.load_params()
+    assert trained.keys() == original.keys()
+    assert not np.array_equal(trained["b1_dw.weight"], original["b1_dw.weight"])
+
+
 def test_unknown_network_name_in_yaml(tmp_path):
     from archsim.errors import ConfigError
     from archsim.workloads import load_workload

@@ -209,3 +209,17 @@ def test_mobilenet_archsim_run_end_to_end(trained, tmp_path, capsys):
     assert layers["b1_dw"]["placement"] == "analog" and layers["b1_add"]["placement"] == "vector"
     assert layers["stem_relu6"]["placement"] == "fused"
     assert (out / "layers.csv").read_text().count("b2_dw") >= 1
+
+
+def test_overrides_use_onnx_node_names_and_digital_grouped_layers_compute(trained):
+    """mapping.overrides names layers as Netron shows them; a depthwise conv placed digital
+    multiplies its diagonal blocks only, with the same result as FP32."""
+    _, net, params, _ = trained
+    cfg = load_chip("pcm_hybrid", {"mapping.overrides": {"b1_dw": "digital"},
+                                   "chip.device.model": "ideal"})
+    mp = map_network(cfg, net)
+    assert mp.placement("b1_dw") == "digital" and mp.placement("b2_dw") == "analog"
+    x = load_digits_split("test", (0.3,), (0.4,)).normalized(slice(0, 16))
+    pc = F.program_chip(mp, params, np.random.default_rng(0), precision=F.UNLIMITED)
+    np.testing.assert_allclose(F.analog_forward(pc.at(25.0, np.random.default_rng(0)), x),
+                               forward(net, params, x), rtol=1e-4, atol=1e-4)

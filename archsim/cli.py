@@ -72,6 +72,8 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
                    help="inferences in flight in the timing simulation (default 4)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the functional simulation")
     p.add_argument("--weights", metavar="FILE", help="weights .npz instead of the workload's")
+    p.add_argument("--dataset", metavar="NAME", help="dataset for the accuracy: digits, cifar10 "
+                   "or a workload YAML whose dataset section to use (needed for a .onnx model)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the run (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -83,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="simulate a workload on a chip (no arguments: the embedded "
                                    "default, pcm_hybrid x digits_cnn)")
     p.add_argument("chip", nargs="?", help="chip YAML or shipped name (default: pcm_hybrid)")
-    p.add_argument("workload", nargs="?", help="workload YAML or shipped name (default: digits_cnn)")
+    p.add_argument("workload", nargs="?", help="workload YAML, shipped name or .onnx model "
+                                               "(default: digits_cnn)")
     p.add_argument("--out", metavar="DIR", help="write report.json, report.md, layers.csv, plots")
     p.add_argument("--accuracy-mappings", metavar="LIST",
                    help="mapping policies to evaluate accuracy for, e.g. hybrid,all-analog "
@@ -94,14 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="two chips side by side on one workload, with ratios")
     p.add_argument("chip_a")
     p.add_argument("chip_b")
-    p.add_argument("workload", nargs="?", help="workload YAML or shipped name (default: digits_cnn)")
+    p.add_argument("workload", nargs="?", help="workload YAML, shipped name or .onnx model "
+                                               "(default: digits_cnn)")
     p.add_argument("--out", metavar="DIR", help="write compare.md, compare.json, CSVs, plots")
     _add_chip_options(p)
     _add_sim_options(p)
 
     p = sub.add_parser("map", help="print how a workload is placed on a chip")
     p.add_argument("chip", nargs="?", help="chip YAML (default: the shipped pcm_hybrid)")
-    p.add_argument("workload", nargs="?", help="workload YAML (default: digits_cnn)")
+    p.add_argument("workload", nargs="?", help="workload YAML or .onnx model (default: digits_cnn)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_chip_options(p)
 
@@ -121,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", required=True, help="weights file to write (.npz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", metavar="DIR")
+    p.add_argument("--dataset", metavar="NAME", help="digits, cifar10 or a workload YAML (for a "
+                                                     ".onnx model)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("regress", help="check cycle counts against a golden file")
@@ -176,7 +182,7 @@ def _run_kwargs(args, overrides) -> dict:
                 accuracy=not args.no_accuracy, times_s=_parse_times(args.times), seeds=args.seeds,
                 calib_images=args.calib_images, test_images=args.test_images,
                 inferences=args.inferences, seed=args.seed, weights=args.weights,
-                progress=not args.quiet)
+                progress=not args.quiet, dataset=args.dataset)
 
 
 def _dispatch(args) -> int:
@@ -207,8 +213,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "compare":
         kwargs = _run_kwargs(args, _parse_set(args.set))
-        a = simulate.run(args.chip_a, args.workload, **kwargs).report()
-        b = simulate.run(args.chip_b, args.workload, **kwargs).report()
+        a, b = simulate.compare(args.chip_a, args.chip_b, args.workload, **kwargs).reports()
         print(rep.compare_table(a, b))
         if args.out:
             for path in rep.write_compare(a, b, args.out):
@@ -258,7 +263,7 @@ def _train(args) -> int:
     from . import training
     from .workloads import load_workload, save_weights
 
-    wl = load_workload(args.workload, args.data)
+    wl = load_workload(args.workload, args.data, args.dataset)
     # without --init: from scratch, He-normal weights drawn from the training seed
     params = wl.load_params(wl.find(args.init)) if args.init else None
     config = training.TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,

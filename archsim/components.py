@@ -591,11 +591,15 @@ class SystolicArray(Part):
                       lambda: self._yaml("chip.digital.mac_energy_pj", self.cfg.mac_energy_pj,
                                          self._fp32_mac))
 
-    def gemm_cycles(self, m: int, k: int, n: int) -> int:
-        return systolic_cycles(m, k, n, self.rows, self.cols, self.dataflow, self.units)
+    def gemm_cycles(self, m: int, k: int, n: int, groups: int = 1) -> int:
+        """Compute cycles of (M x K) @ (K x N), or of ``groups`` independent GEMMs of
+        M x K/groups x N/groups whose folds the units share (a grouped conv)."""
+        return systolic_cycles(m, k // groups, n // groups, self.rows, self.cols, self.dataflow,
+                               self.units, groups)
 
-    def gemm_sram_bytes(self, m: int, k: int, n: int) -> int:
-        return systolic_sram_bytes(m, k, n, self.rows, self.cols, self.dataflow)
+    def gemm_sram_bytes(self, m: int, k: int, n: int, groups: int = 1) -> int:
+        return groups * systolic_sram_bytes(m, k // groups, n // groups, self.rows, self.cols,
+                                            self.dataflow)
 
     def area_um2(self) -> Figure:
         return self._yaml("chip.digital.mac_area_um2", self.cfg.mac_area_um2,
@@ -695,11 +699,12 @@ class Router(Part):
 # --------------------------------------------------------------------------------------------
 
 def systolic_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str,
-                    units: int = 1) -> int:
+                    units: int = 1, groups: int = 1) -> int:
     """Compute cycles of an (M x K) @ (K x N) GEMM on ``units`` R x C arrays (SCALE-Sim analytical
-    model, Samajdar et al. ISPASS 2020, Sec. IV): ceil(folds / units) x (2R + C + T - 2)."""
+    model, Samajdar et al. ISPASS 2020, Sec. IV): ceil(folds / units) x (2R + C + T - 2);
+    ``groups`` independent GEMMs of that size share the units' folds."""
     s_r, s_c, t = {"os": (m, n, k), "ws": (k, n, m), "is": (k, m, n)}[dataflow]
-    folds = math.ceil(s_r / rows) * math.ceil(s_c / cols)
+    folds = groups * math.ceil(s_r / rows) * math.ceil(s_c / cols)
     return math.ceil(folds / max(units, 1)) * (2 * rows + cols + t - 2)
 
 

@@ -46,7 +46,7 @@ from . import kernels
 from .datasets import Dataset
 from .errors import ConfigError
 from .mapping import LayerMapping, Mapping
-from .network import Layer, Network, Workspace, batchnorm_affine, forward, matrix_input
+from .network import Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, matrix_input
 from .pcm import PCMModel, targets
 from .progress import Progress
 from .rng import Streams
@@ -310,23 +310,31 @@ def gdc_readout(wn: np.ndarray, pl: ProgrammedLayer, conv: Converters,
 
 
 def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Converters,
-                  per_column: bool, devices: int, rng: np.random.Generator) -> ProgrammedLayer:
-    """Targets, programming noise and drift exponents of one layer's devices (no readout yet)."""
+                  per_column: bool, devices: int, rng: np.random.Generator,
+                  mask: np.ndarray | None = None) -> ProgrammedLayer:
+    """Targets, programming noise and drift exponents of one analog layer's devices (no readout
+    yet). ``mask`` (K, N): the devices that hold a weight (the diagonal blocks of a grouped conv);
+    the others stay in the RESET state (0 conductance, no programming noise, no read noise).
+    Columns of a row block that no array covers get unit 0 (no output)."""
     row_bounds = np.array(lm.row_bounds(), np.int64).reshape(-1, 2)
     col_bounds = tuple(lm.col_bounds())
-    unit = np.empty((len(row_bounds), lm.n))
-    scale_full = np.empty(w.shape)
-    for b, (r0, r1) in enumerate(row_bounds):
-        for c0, c1 in col_bounds:
-            s = _block_scales(w[r0:r1, c0:c1], devices * model.g_max_us, per_column)
-            unit[b, c0:c1] = 1.0 / s
-            scale_full[r0:r1, c0:c1] = s
+    row_block = {bounds: b for b, bounds in enumerate(lm.row_bounds())}
+    unit = np.zeros((len(row_bounds), lm.n))
+    scale_full = np.ones(w.shape)
+    for a in lm.arrays:
+        r0, r1, c0, c1 = a.row_start, a.row_stop, a.col_start, a.col_stop
+        s = _block_scales(w[r0:r1, c0:c1], devices * model.g_max_us, per_column)
+        unit[row_block[(r0, r1)], c0:c1] = 1.0 / s
+        scale_full[r0:r1, c0:c1] = s
     gt_pos, gt_neg = targets(w, scale_full, model.g_max_us, devices)    # per device
     shape = (devices, *w.shape)
     g_pos = model.program(np.broadcast_to(gt_pos, shape), rng)           # (P1)
     g_neg = model.program(np.broadcast_to(gt_neg, shape), rng)
     nu_pos = model.drift_exponents(np.broadcast_to(gt_pos, shape), rng)  # (D1)
     nu_neg = model.drift_exponents(np.broadcast_to(gt_neg, shape), rng)
+    if mask is not None:
+        g_pos = np.where(mask, g_pos, 0.0)
+        g_neg = np.where(mask, g_neg, 0.0)
     return ProgrammedLayer(lm.name, row_bounds, col_bounds, unit, g_pos, g_neg, nu_pos, nu_neg,
                            conv.adc_bound)
 
@@ -351,10 +359,11 @@ def program_chip(mapping: Mapping, params: dict, streams: "Streams | np.random.G
     rng = streams("program")
     layers, digital = {}, {}
     for lm in mapping.layers:
-        w = net.weight_matrix(params, net.layer(lm.name))
+        layer = net.layer(lm.name)
+        w = layer.weight_matrix(params)
         if lm.analog:
             layers[lm.name] = program_layer(lm, w.astype(np.float64), model, conv, per_column, d,
-                                            rng)
+                                            rng, layer.weight_mask(lm.k))
         else:
             digital[lm.name] = w
     chip = ProgrammedChip(mapping, params, model, conv, layers, digital, device.read_noise)
@@ -465,7 +474,7 @@ class BatchNormStats:
     @classmethod
     def from_params(cls, net: Network, params: dict) -> "BatchNormStats":
         return cls({l.name: batchnorm_affine(params, l.name, l.eps)
-                    for l in net.layers if l.kind == "batchnorm"})
+                    for l in net.batchnorm_layers()})
 
 
 def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
@@ -488,32 +497,34 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
     fused = {} if batchnorm is not None else _fusable_batchnorms(net, read.layers)
     dac_absmax: dict[str, np.ndarray] = {}
 
-    def patches(layer: Layer, a: np.ndarray, workspace: Workspace) -> np.ndarray:
-        """Analog conv inputs: im2col and the DAC in one pass (codes + abs-maxes)."""
+    def patches(layer: MatrixLayer, a: np.ndarray, workspace: Workspace) -> np.ndarray:
+        """Analog conv inputs: im2col and the DAC in one pass (codes + abs-maxes), where the
+        numba patch kernel applies (square kernel, one stride and padding, no dilation)."""
         lr = read.layers.get(layer.name)
-        if lr is None or layer.kind != "conv2d":
+        square = layer.square
+        if lr is None or square is None:
             return matrix_input(layer, a, workspace)
+        kernel, stride, padding = square
         ho, wo, _ = net.shape(layer.name)
         rows = a.shape[0] * ho * wo
-        out = workspace.get("im2col", (rows, a.shape[3] * layer.kernel * layer.kernel))
+        out = workspace.get("im2col", (rows, a.shape[3] * kernel * kernel))
         absmax = workspace.get("dac.absmax", (rows, len(lr.row_bounds)))
-        kernels.im2col_dac_into(np.asarray(a, np.float32), layer.kernel, layer.stride,
-                                layer.padding, ho, wo, lr.row_bounds, chip.converters.dac_bits,
-                                out, absmax)
+        kernels.im2col_dac_into(np.asarray(a, np.float32), kernel, stride, padding, ho, wo,
+                                lr.row_bounds, chip.converters.dac_bits, out, absmax)
         dac_absmax[layer.name] = absmax
         return out
 
-    def matmul(layer: Layer, cols: np.ndarray) -> np.ndarray:
+    def matmul(layer: MatrixLayer, cols: np.ndarray) -> np.ndarray:
         lr = read.layers.get(layer.name)
         if lr is None:
-            return cols @ chip.digital[layer.name]
+            return layer.multiply(cols, chip.digital[layer.name])
         bn_name = fused.get(layer.name)
         counts = None
         if adc_counts is not None:
             counts = adc_counts.setdefault(layer.name, np.zeros(3, np.int64))
-        # conv inputs are im2col scratch buffers of the workspace: the DAC may overwrite them
+        # conv patches are fresh or scratch buffers of the workspace: the DAC may overwrite them
         return analog_matmul(lr, cols, chip.converters, gdc=gdc, workspace=ws, noise_rng=noise_rng,
-                             in_place=layer.kind == "conv2d",
+                             in_place=layer.input_is_copy,
                              affine=None if bn_name is None else bn.affine[bn_name],
                              dac_absmax=dac_absmax.pop(layer.name, None), counts=counts,
                              observe=None if observe is None else
@@ -535,8 +546,8 @@ def _fusable_batchnorms(net: Network, analog: dict) -> dict[str, str]:
     """analog layer -> the BatchNorm that is its only consumer (no bias in between)."""
     users = net.consumers()
     out = {}
-    for layer in net.layers:
-        if layer.kind == "batchnorm" and len(layer.inputs) == 1:
+    for layer in net.batchnorm_layers():
+        if len(layer.inputs) == 1:
             src = layer.inputs[0]
             if src in analog and users[src] == [layer.name] and not net.layer(src).bias:
                 out[src] = layer.name
@@ -553,7 +564,7 @@ def adabs(state: ChipState, calib: Dataset, *, read_rng: np.random.Generator | N
     affine periphery."""
     net = state.chip.mapping.network
     params = state.chip.params
-    sums: dict[str, list] = {l.name: [0.0, 0.0, 0] for l in net.layers if l.kind == "batchnorm"}
+    sums: dict[str, list] = {l.name: [0.0, 0.0, 0] for l in net.batchnorm_layers()}
 
     def train_bn(layer: Layer, a: np.ndarray) -> np.ndarray:
         axes = tuple(range(a.ndim - 1))
@@ -572,9 +583,7 @@ def adabs(state: ChipState, calib: Dataset, *, read_rng: np.random.Generator | N
         analog_forward(state.read(read_rng), xb, gdc=gdc, workspace=ws, noise_rng=noise_rng,
                        batchnorm=train_bn)
     out = {}
-    for layer in net.layers:
-        if layer.kind != "batchnorm":
-            continue
+    for layer in net.batchnorm_layers():
         s_mean, s_var, nbat = sums[layer.name]
         out[layer.name] = batchnorm_affine(params, layer.name, layer.eps, s_mean / max(nbat, 1),
                                            s_var / max(nbat, 1))

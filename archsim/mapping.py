@@ -11,6 +11,13 @@ timing simulation, so the accuracy run and the cost run see the same placement.
   N into ceil(N / weight columns per array) near-equal column blocks; each (row block, column block)
   is one array with its own scale, noise, GDC factor and ADCs. Row-block partial sums are added in
   digital.
+- Grouped convs (depthwise included): the K x N matrix is block-diagonal, one K/G x N/G block per
+  group. Whole groups are packed along the diagonal, as many per array as fit in both its rows and
+  its weight columns (near-equal runs of consecutive groups); the devices off the diagonal blocks
+  stay in the RESET state (0 conductance, never programmed) and count as unused. A group larger
+  than an array is split like a dense matrix, within its own block. Either way each array is a
+  rectangle of the full K x N matrix, its real rows and columns are what timing charges, and
+  utilization = devices holding weights / devices of the arrays used.
 - Allocation: arrays are given to tiles in layer order, ``tiles.arrays_per_tile`` per tile. When the
   network needs more arrays than the chip has, a MappingError says how many (or, with
   ``mapping.time_multiplex: true``, arrays are reused in programming rounds).
@@ -25,7 +32,7 @@ import numpy as np
 
 from .config import ChipConfig
 from .errors import MappingError
-from .network import Layer, Network
+from .network import Layer, MatrixView, Network
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class LayerMapping:
     utilization: float              # devices used / devices of its arrays (0 for digital)
     macs: int                       # per inference
     mvms: int                       # per inference (output pixels)
+    groups: int = 1                 # block-diagonal groups of the K x N matrix
+    batchnorm: str | None = None    # the BatchNorm normalizing its output: AdaBS can refresh it
 
     @property
     def analog(self) -> bool:
@@ -78,9 +87,10 @@ class LayerMapping:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "placement": self.placement, "k": self.k,
-                "n": self.n, "row_blocks": self.row_blocks, "col_blocks": self.col_blocks,
-                "arrays": len(self.arrays), "utilization": round(self.utilization, 6),
-                "macs": self.macs, "tiles": sorted({a.tile for a in self.arrays})}
+                "n": self.n, "groups": self.groups, "row_blocks": self.row_blocks,
+                "col_blocks": self.col_blocks, "arrays": len(self.arrays),
+                "utilization": round(self.utilization, 6), "macs": self.macs,
+                "tiles": sorted({a.tile for a in self.arrays}), "batchnorm": self.batchnorm}
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,12 @@ class Mapping:
     def tiles_used(self) -> int:
         return len({a.tile for a in self.arrays})
 
+    @property
+    def adabs_layers(self) -> list[LayerMapping]:
+        """Analog layers whose outputs a BatchNorm normalizes: AdaBS can re-estimate their
+        statistics after drift (a BatchNorm folded into a conv bias leaves none)."""
+        return [lm for lm in self.analog_layers if lm.batchnorm is not None]
+
     def totals(self) -> dict:
         analog = self.analog_layers
         devices = self.arrays_needed * self.chip.chip.tiles.array.rows * self.chip.chip.tiles.array.cols
@@ -134,6 +150,7 @@ class Mapping:
             "utilization": round(used / devices, 6) if devices else 0.0,
             "macs": macs, "analog_macs": sum(lm.macs for lm in analog),
             "analog_mac_fraction": round(sum(lm.macs for lm in analog) / macs, 6) if macs else 0.0,
+            "adabs_layers": len(self.adabs_layers),
         }
 
     def to_dict(self) -> dict:
@@ -148,6 +165,32 @@ def split_sizes(total: int, capacity: int) -> list[tuple[int, int]]:
     edges = np.cumsum([0] + [total // blocks + (1 if i < total % blocks else 0)
                              for i in range(blocks)])
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def array_rects(view: MatrixView, rows: int, weight_cols: int
+                ) -> list[tuple[int, int, int, int, int, int]]:
+    """(row block, column block, r0, r1, c0, c1) of every array of a K x N matrix, in allocation
+    order. Dense: the grid of near-equal row and column blocks. Grouped: runs of whole groups
+    along the diagonal, or each group split on its own when it does not fit one array; the column
+    block is the index of the distinct column range, the row block counts the arrays stacked on it."""
+    if view.groups == 1:
+        row_splits, col_splits = split_sizes(view.k, rows), split_sizes(view.n, weight_cols)
+        return [(rb, cb, r0, r1, c0, c1) for rb, (r0, r1) in enumerate(row_splits)
+                for cb, (c0, c1) in enumerate(col_splits)]
+    kg, ng = view.k_group, view.n_group
+    out = []
+    if kg <= rows and ng <= weight_cols:
+        per_array = min(rows // kg, weight_cols // ng)
+        for cb, (g0, g1) in enumerate(split_sizes(view.groups, per_array)):
+            out.append((0, cb, g0 * kg, g1 * kg, g0 * ng, g1 * ng))
+        return out
+    row_splits, col_splits = split_sizes(kg, rows), split_sizes(ng, weight_cols)
+    for g in range(view.groups):
+        for rb, (r0, r1) in enumerate(row_splits):
+            for cb, (c0, c1) in enumerate(col_splits):
+                out.append((rb, g * len(col_splits) + cb, g * kg + r0, g * kg + r1,
+                            g * ng + c0, g * ng + c1))
+    return out
 
 
 def placement_of(chip: ChipConfig, network: Network) -> dict[str, str]:
@@ -188,16 +231,14 @@ def map_network(chip: ChipConfig, network: Network) -> Mapping:
         raise MappingError(f"{chip.file}: chip.digital.units is 0 but layer {first} is placed "
                            "digital by the mapping policy")
     available = tiles.count * tiles.arrays_per_tile
-    planned: list[tuple[Layer, str, int, int, list, list]] = []
+    planned: list[tuple[Layer, str, MatrixView, list]] = []
     needed = 0
     for layer in network.matrix_layers():
-        k, n = network.matrix_shape(layer)
-        if placement[layer.name] == "analog":
-            rows, cols = split_sizes(k, array.rows), split_sizes(n, weight_cols)
-            needed += len(rows) * len(cols)
-        else:
-            rows, cols = [], []
-        planned.append((layer, placement[layer.name], k, n, rows, cols))
+        view = network.matrix_view(layer)
+        rects = array_rects(view, array.rows, weight_cols) if placement[layer.name] == "analog" \
+            else []
+        needed += len(rects)
+        planned.append((layer, placement[layer.name], view, rects))
     if needed > available and (not chip.mapping.time_multiplex or available == 0):
         raise MappingError(f"{chip.file}: network {network.name} needs {needed} arrays "
                            f"({array.rows}x{array.cols}) but the chip has {available} "
@@ -206,19 +247,20 @@ def map_network(chip: ChipConfig, network: Network) -> Mapping:
     rounds = max(1, math.ceil(needed / available)) if available else 1
     layers = []
     index = 0
-    for layer, place, k, n, rows, cols in planned:
+    for layer, place, view, rects in planned:
         blocks = []
-        for rb, (r0, r1) in enumerate(rows):
-            for cb, (c0, c1) in enumerate(cols):
-                slot_global = index % available
-                blocks.append(ArrayBlock(index, layer.name, rb, cb, r0, r1, c0, c1,
-                                         tile=slot_global // tiles.arrays_per_tile,
-                                         slot=slot_global % tiles.arrays_per_tile,
-                                         round=index // available))
-                index += 1
+        for rb, cb, r0, r1, c0, c1 in rects:
+            slot_global = index % available
+            blocks.append(ArrayBlock(index, layer.name, rb, cb, r0, r1, c0, c1,
+                                     tile=slot_global // tiles.arrays_per_tile,
+                                     slot=slot_global % tiles.arrays_per_tile,
+                                     round=index // available))
+            index += 1
         devices = len(blocks) * array.rows * array.cols
-        utilization = (k * n * array.cols_per_weight / devices) if devices else 0.0
-        layers.append(LayerMapping(layer.name, layer.kind, place, k, n, len(rows), len(cols),
-                                   tuple(blocks), utilization, network.macs(layer),
-                                   network.mvms_per_inference(layer)))
+        utilization = (view.weights * array.cols_per_weight / devices) if devices else 0.0
+        row_blocks = 1 + max((b.row_block for b in blocks), default=-1)
+        col_blocks = 1 + max((b.col_block for b in blocks), default=-1)
+        layers.append(LayerMapping(layer.name, layer.kind, place, view.k, view.n, row_blocks,
+                                   col_blocks, tuple(blocks), utilization, network.macs(layer),
+                                   view.mvms, view.groups, network.statistics_of(layer.name)))
     return Mapping(chip, network, tuple(layers), available, rounds)

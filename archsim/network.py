@@ -1,87 +1,97 @@
-"""The network IR: a layer graph with shapes, MAC counts and the FP32 reference forward pass.
+"""The network IR: a layer graph with shapes, MAC counts and the one graph walk that runs it.
+
+Layers are the registered kinds of :mod:`archsim.layers` (one class per kind); this module holds
+the graph (:class:`Network`: order, names, inputs, inferred shapes, parameters), :func:`walk` (the
+one traversal every pass uses: FP32 inference, the analog simulation through the hooks of
+:func:`forward`, and training in :mod:`archsim.training`), the built-in networks and
+:func:`fp32_logits`, the FP32 reference in the model's own input layout.
 
 Activations are NHWC float32 arrays (N, H, W, C), or (N, F) after Flatten/GlobalAvgPool. A conv
 layer is computed GEMM-bound: im2col patches of K = Cin*kh*kw values in (c, i, j) order - the order
-of an OIHW kernel flattened - times the (K, Cout) weight matrix, for the whole batch in one matmul.
+of an OIHW kernel flattened - times the (K, N) weight matrix, for the whole batch in one matmul.
 That 2-D form is exactly what :mod:`archsim.mapping` places on crossbar arrays, and the functional
 simulation swaps the matmul for the analog one through the ``matmul`` hook of :func:`forward`.
 
-Parameters live outside the graph, in a dict keyed by PyTorch-style names (``conv1.weight``,
-``layer2.0.bn1.running_mean``, ``linear.bias``); each layer knows the names and shapes it needs.
+Parameters live outside the graph, in a dict keyed ``<layer name>.<role>`` (PyTorch-style for the
+built-in networks: ``conv1.weight``, ``layer2.0.bn1.running_mean``, ``linear.bias``); each layer
+knows the names and shapes it needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import WorkloadError
+from .layers import (INPUT, KINDS, BatchNorm, BatchnormHook, Layer, LayerError,  # noqa: F401
+                     MatmulHook, MatrixInputHook, MatrixLayer, MatrixView, ParamSpec, Pass,
+                     Workspace, batchnorm_affine, im2col, pool, shortcut_a)
 
-INPUT = "input"
-MATRIX_KINDS = ("conv2d", "linear")
-SPATIAL_KINDS = ("conv2d", "maxpool", "avgpool", "globalavgpool", "shortcut_a")
-KINDS = ("conv2d", "linear", "batchnorm", "relu", "maxpool", "avgpool", "globalavgpool", "add",
-         "shortcut_a", "flatten")
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One node of the graph. Fields not used by a kind keep their defaults."""
-    name: str
-    kind: str
-    inputs: tuple[str, ...]
-    out_channels: int = 0          # conv2d, shortcut_a; out_features for linear
-    kernel: int = 1                # conv2d, pools (square)
-    stride: int = 1
-    padding: int = 0
-    bias: bool = False             # conv2d, linear
-    eps: float = 1e-5              # batchnorm
-
-    @property
-    def is_matrix(self) -> bool:
-        """Conv and Linear layers: the ones that become weight matrices on arrays."""
-        return self.kind in MATRIX_KINDS
+LAYOUTS = ("NHWC", "NCHW")
 
 
 @dataclass(frozen=True)
 class Network:
+    """A layer graph in topological order. ``input_shape`` is (H, W, C) (or (F,)) without the
+    batch axis; ``input_layout`` is how the model's own users give inputs to
+    :func:`fp32_logits` (NCHW for an ONNX model from PyTorch); inside, activations are NHWC."""
     name: str
-    input_shape: tuple[int, int, int]      # (H, W, C)
+    input_shape: tuple[int, ...]
     layers: tuple[Layer, ...]
     num_classes: int
+    input_layout: str = "NHWC"
+    _shapes: dict = field(default=None, init=False, repr=False, compare=False)
+    _index: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.input_layout not in LAYOUTS:
+            raise WorkloadError(f"network {self.name}: input layout {self.input_layout!r} "
+                                f"(expected one of {', '.join(LAYOUTS)})")
         seen = {INPUT}
+        index = {}
+        shapes: dict[str, tuple[int, ...]] = {INPUT: self.input_shape}
         for layer in self.layers:
-            if layer.kind not in KINDS:
-                raise WorkloadError(f"network {self.name}: layer {layer.name}: unknown kind "
-                                    f"{layer.kind!r} (expected one of {', '.join(KINDS)})")
+            if not isinstance(layer, Layer):
+                raise WorkloadError(f"network {self.name}: {layer!r} is not a layer")
             if layer.name in seen:
                 raise WorkloadError(f"network {self.name}: duplicate layer name {layer.name!r}")
             for src in layer.inputs:
                 if src not in seen:
                     raise WorkloadError(f"network {self.name}: layer {layer.name}: input {src!r} "
                                         "is not an earlier layer")
+            try:
+                shapes[layer.name] = tuple(int(d) for d in layer.infer(
+                    [shapes[s] for s in layer.inputs]))
+            except LayerError as exc:
+                message = str(exc)
+                prefix = f"layer {layer.name} ({layer.kind}): "
+                if message.startswith(prefix):
+                    message = message[len(prefix):]
+                raise WorkloadError(f"network {self.name}: layer {layer.name}: {message}") from None
             seen.add(layer.name)
-        object.__setattr__(self, "_shapes", _infer_shapes(self))
+            index[layer.name] = layer
+        object.__setattr__(self, "_shapes", shapes)
+        object.__setattr__(self, "_index", index)
 
     # ---- structure -----------------------------------------------------------------------
     @property
     def output(self) -> str:
-        return self.layers[-1].name
+        return self.layers[-1].name if self.layers else INPUT
 
     def layer(self, name: str) -> Layer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
+        return self._index[name]
 
-    def matrix_layers(self) -> list[Layer]:
+    def matrix_layers(self) -> list[MatrixLayer]:
         return [layer for layer in self.layers if layer.is_matrix]
+
+    def batchnorm_layers(self) -> list[Layer]:
+        """The layers with running statistics (BatchNorm): what AdaBS re-estimates."""
+        return [layer for layer in self.layers if layer.has_running_stats]
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Output shape of a layer (without the batch axis); ``input`` for the input."""
@@ -89,6 +99,9 @@ class Network:
 
     def input_shape_of(self, layer: Layer) -> tuple[int, ...]:
         return self._shapes[layer.inputs[0]]
+
+    def input_shapes_of(self, layer: Layer) -> list[tuple[int, ...]]:
+        return [self._shapes[s] for s in layer.inputs]
 
     def consumers(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {INPUT: []}
@@ -98,48 +111,43 @@ class Network:
                 out[src].append(layer.name)
         return out
 
+    def statistics_of(self, name: str) -> str | None:
+        """The BatchNorm layer that normalizes the output of layer ``name`` (its consumer with
+        running statistics), or None: where AdaBS can re-estimate statistics for it."""
+        for user in self.consumers().get(name, []):
+            if self._index[user].has_running_stats:
+                return user
+        return None
+
+    def matrix_view(self, layer: MatrixLayer) -> MatrixView:
+        return layer.matrix_view(self.input_shape_of(layer), self.shape(layer.name))
+
     def matrix_shape(self, layer: Layer) -> tuple[int, int]:
         """(K, N): rows (inputs per MVM) and columns (outputs) of the layer's weight matrix."""
-        in_shape = self.input_shape_of(layer)
-        if layer.kind == "conv2d":
-            return in_shape[2] * layer.kernel * layer.kernel, layer.out_channels
-        if layer.kind == "linear":
-            return int(np.prod(in_shape)), layer.out_channels
-        raise ValueError(f"{layer.name} is not a matrix layer")
+        if not layer.is_matrix:
+            raise ValueError(f"{layer.name} is not a matrix layer")
+        view = self.matrix_view(layer)
+        return view.k, view.n
 
     def mvms_per_inference(self, layer: Layer) -> int:
         """MVMs (one per output pixel) a matrix layer needs for one input."""
-        if layer.kind == "conv2d":
-            h, w, _ = self.shape(layer.name)
-            return h * w
-        return 1
+        return self.matrix_view(layer).mvms if layer.is_matrix else 0
 
     def macs(self, layer: Layer) -> int:
-        if not layer.is_matrix:
-            return 0
-        k, n = self.matrix_shape(layer)
-        return k * n * self.mvms_per_inference(layer)
+        return int(layer.macs(self.input_shapes_of(layer), self.shape(layer.name)))
 
     def total_macs(self) -> int:
         return sum(self.macs(layer) for layer in self.layers)
 
     # ---- parameters ----------------------------------------------------------------------
+    def param_specs(self) -> dict[str, ParamSpec]:
+        """Every parameter the network needs: name -> :class:`~archsim.layers.ParamSpec`."""
+        return {layer.param(spec.role): spec for layer in self.layers
+                for spec in layer.param_specs(self.input_shapes_of(layer))}
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every parameter the network needs, PyTorch names -> shape."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        for layer in self.layers:
-            in_shape = self._shapes[layer.inputs[0]] if layer.inputs else ()
-            if layer.kind == "conv2d":
-                shapes[f"{layer.name}.weight"] = (layer.out_channels, in_shape[2], layer.kernel,
-                                                  layer.kernel)
-            elif layer.kind == "linear":
-                shapes[f"{layer.name}.weight"] = (layer.out_channels, int(np.prod(in_shape)))
-            elif layer.kind == "batchnorm":
-                for p in ("weight", "bias", "running_mean", "running_var"):
-                    shapes[f"{layer.name}.{p}"] = (in_shape[-1],)
-            if layer.is_matrix and layer.bias:
-                shapes[f"{layer.name}.bias"] = (layer.out_channels,)
-        return shapes
+        """Every parameter the network needs, name -> shape."""
+        return {name: tuple(spec.shape) for name, spec in self.param_specs().items()}
 
     def check_params(self, params: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
         """The parameters as float32, after checking every name and shape; names the first bad one."""
@@ -155,177 +163,28 @@ class Network:
             out[pname] = value.astype(np.float32, copy=False)
         return out
 
-    def weight_matrix(self, params: Mapping[str, np.ndarray], layer: Layer) -> np.ndarray:
+    def weight_matrix(self, params: Mapping[str, np.ndarray], layer: MatrixLayer) -> np.ndarray:
         """The layer's weights as the (K, N) matrix that goes onto arrays."""
-        w = params[f"{layer.name}.weight"]
-        return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+        return layer.weight_matrix(params)
 
     def with_layers(self, layers) -> "Network":
         return dataclasses.replace(self, layers=tuple(layers))
 
 
-def _infer_shapes(net: Network) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {INPUT: tuple(net.input_shape)}
-    for layer in net.layers:
-        ins = [shapes[s] for s in layer.inputs]
-        x = ins[0]
-        where = f"network {net.name}: layer {layer.name}"
-        if layer.kind in SPATIAL_KINDS and len(x) != 3:
-            raise WorkloadError(f"{where}: expects an (H, W, C) input, got {x}")
-        if layer.kind == "conv2d":
-            h, w, _ = x
-            ho = (h + 2 * layer.padding - layer.kernel) // layer.stride + 1
-            wo = (w + 2 * layer.padding - layer.kernel) // layer.stride + 1
-            if ho < 1 or wo < 1:
-                raise WorkloadError(f"{where}: kernel {layer.kernel} does not fit input {x}")
-            shapes[layer.name] = (ho, wo, layer.out_channels)
-        elif layer.kind in ("maxpool", "avgpool"):
-            h, w, c = x
-            stride = layer.stride
-            shapes[layer.name] = ((h - layer.kernel) // stride + 1, (w - layer.kernel) // stride + 1, c)
-        elif layer.kind == "globalavgpool":
-            shapes[layer.name] = (x[2],)
-        elif layer.kind == "flatten":
-            shapes[layer.name] = (int(np.prod(x)),)
-        elif layer.kind == "linear":
-            shapes[layer.name] = (layer.out_channels,)
-        elif layer.kind == "shortcut_a":
-            h, w, c = x
-            if (layer.out_channels - c) % 2 or layer.out_channels < c:
-                raise WorkloadError(f"{where}: cannot pad {c} channels to {layer.out_channels}")
-            shapes[layer.name] = ((h + 1) // 2, (w + 1) // 2, layer.out_channels)
-        elif layer.kind == "add":
-            if len(ins) != 2 or ins[0] != ins[1]:
-                raise WorkloadError(f"{where}: add needs two inputs of one shape, got {ins}")
-            shapes[layer.name] = x
-        else:  # batchnorm, relu
-            shapes[layer.name] = x
-    return shapes
-
-
 # ------------------------------------------------------------------------------------------
-# Reference operators (numpy, float32, batched)
+# The graph walk
 # ------------------------------------------------------------------------------------------
 
-class Workspace:
-    """Reusable scratch buffers keyed by (purpose, shape): batches of one size reuse the same memory
-    instead of faulting in fresh pages every call. One per thread of work; not shared."""
-
-    def __init__(self):
-        self._buffers: dict[tuple, np.ndarray] = {}
-
-    def get(self, key: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-        full = (key, tuple(shape), np.dtype(dtype).str)
-        buf = self._buffers.get(full)
-        if buf is None:
-            buf = self._buffers[full] = np.empty(shape, dtype)
-        return buf
-
-
-def im2col(x: np.ndarray, kernel: int, stride: int, padding: int,
-           workspace: Workspace | None = None) -> np.ndarray:
-    """(N, H, W, C) -> (N*Ho*Wo, C*kernel*kernel) patches in (c, i, j) order - the order of an
-    OIHW kernel flattened. With a workspace the result lives in its buffer (valid until the next
-    call with the same shape)."""
-    from .kernels import im2col_into
-    n, h, w, c = x.shape
-    ho = (h + 2 * padding - kernel) // stride + 1
-    wo = (w + 2 * padding - kernel) // stride + 1
-    shape = (n * ho * wo, c * kernel * kernel)
-    out = workspace.get("im2col", shape) if workspace is not None else np.empty(shape, np.float32)
-    return im2col_into(np.asarray(x, np.float32), kernel, stride, padding, ho, wo, out)
-
-
-def pool(x: np.ndarray, kernel: int, stride: int, op: str) -> np.ndarray:
-    windows = sliding_window_view(x, (kernel, kernel), axis=(1, 2))[:, ::stride, ::stride]
-    return windows.max(axis=(-2, -1)) if op == "max" else windows.mean(axis=(-2, -1), dtype=np.float32)
-
-
-def shortcut_a(x: np.ndarray, out_channels: int) -> np.ndarray:
-    """Option-A shortcut: every second row and column, zero channels padded equally both sides."""
-    pad = (out_channels - x.shape[3]) // 2
-    return np.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
-
-
-def batchnorm_affine(params: Mapping[str, np.ndarray], name: str, eps: float,
-                     mean: np.ndarray | None = None, var: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """BatchNorm as the per-channel affine y = x * scale + offset (float32), from the running
-    statistics in ``params`` or from the given ``mean`` and ``var`` (e.g. re-estimated ones)."""
-    mean = params[f"{name}.running_mean"] if mean is None else mean
-    var = params[f"{name}.running_var"] if var is None else var
-    scale = params[f"{name}.weight"] / np.sqrt(var + eps)
-    offset = params[f"{name}.bias"] - mean * scale
-    return scale.astype(np.float32), offset.astype(np.float32)
-
-
-def matrix_input(layer: Layer, x: np.ndarray, workspace: Workspace | None = None) -> np.ndarray:
-    """The 2-D input of a matrix layer: im2col patches for conv, the batch for linear."""
-    if layer.kind == "conv2d":
-        return im2col(x, layer.kernel, layer.stride, layer.padding, workspace)
-    return x.reshape(x.shape[0], -1)
-
-
-MatmulHook = Callable[[Layer, np.ndarray], np.ndarray]
-MatrixInputHook = Callable[[Layer, np.ndarray, "Workspace"], np.ndarray]
-BatchnormHook = Callable[[Layer, np.ndarray], np.ndarray]
-
-
-def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
-            matmul: MatmulHook | None = None, batchnorm: BatchnormHook | None = None,
-            keep: Callable[[str], bool] | None = None, workspace: Workspace | None = None,
-            matrix_input_hook: MatrixInputHook | None = None
-            ) -> np.ndarray | dict[str, np.ndarray]:
-    """Run the graph on a batch ``x`` (N, H, W, C).
-
-    ``matmul(layer, a)`` computes the (P, K) @ (K, N) product of a matrix layer (default: FP32 with
-    the layer's weights); bias is added after it. ``batchnorm(layer, x)`` replaces a BatchNorm layer
-    (default: eval-mode affine). With ``keep``, returns every activation whose name it accepts
-    (plus the output) instead of the output alone. ``workspace`` reuses im2col buffers across
-    calls (pass one when running many batches of one size). ``matrix_input_hook(layer, a,
-    workspace)`` replaces :func:`matrix_input` (e.g. to build and quantize patches in one pass).
-    """
-    workspace = workspace if workspace is not None else Workspace()
-    values: dict[str, np.ndarray] = {INPUT: np.asarray(x, dtype=np.float32)}
+def walk(net: Network, x: np.ndarray, step: Callable[[Layer, list], np.ndarray], *,
+         keep: Callable[[str], bool] | None = None) -> np.ndarray | dict[str, np.ndarray]:
+    """Run ``step(layer, inputs)`` over the graph in order, each activation freed after its last
+    use. With ``keep``, returns every activation whose name it accepts (plus the output) instead of
+    the output alone. The one traversal of every pass (FP32, analog, training)."""
+    values: dict[str, np.ndarray] = {INPUT: x}
     refcount = {name: len(users) for name, users in net.consumers().items()}
     kept: dict[str, np.ndarray] = {}
     for layer in net.layers:
-        a = values[layer.inputs[0]]
-        if layer.is_matrix:
-            cols = (matrix_input_hook or matrix_input)(layer, a, workspace)
-            if matmul is None:
-                out = cols @ net.weight_matrix(params, layer)
-            else:
-                out = matmul(layer, cols)
-            if layer.bias:
-                out = out + params[f"{layer.name}.bias"]
-            if layer.kind == "conv2d":
-                ho, wo, co = net.shape(layer.name)
-                out = out.reshape(a.shape[0], ho, wo, co)
-        elif layer.kind == "batchnorm":
-            if batchnorm is not None:
-                out = batchnorm(layer, a)
-            else:
-                scale, offset = batchnorm_affine(params, layer.name, layer.eps)
-                out = a * scale + offset
-        elif layer.kind == "relu":
-            out = np.maximum(a, 0)
-        elif layer.kind == "maxpool":
-            out = pool(a, layer.kernel, layer.stride, "max")
-        elif layer.kind == "avgpool":
-            out = pool(a, layer.kernel, layer.stride, "mean")
-        elif layer.kind == "globalavgpool":
-            out = a.mean(axis=(1, 2), dtype=np.float32)
-        elif layer.kind == "flatten":
-            # PyTorch order (C, H, W), so weights trained there fit
-            out = a.transpose(0, 3, 1, 2).reshape(a.shape[0], -1) if a.ndim == 4 else a
-        elif layer.kind == "shortcut_a":
-            out = shortcut_a(a, layer.out_channels)
-        elif layer.kind == "add":
-            out = a + values[layer.inputs[1]]
-        else:  # pragma: no cover - kinds are checked at construction
-            raise AssertionError(layer.kind)
-        values[layer.name] = out.astype(np.float32, copy=False)
+        values[layer.name] = step(layer, [values[s] for s in layer.inputs])
         if keep is not None and keep(layer.name):
             kept[layer.name] = values[layer.name]
         for src in layer.inputs:
@@ -338,6 +197,32 @@ def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
     return values[net.output]
 
 
+def matrix_input(layer: MatrixLayer, x: np.ndarray, workspace: Workspace | None = None) -> np.ndarray:
+    """The 2-D input of a matrix layer: im2col patches for conv, the batch for linear."""
+    return layer.matrix_input(x, workspace)
+
+
+def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
+            matmul: MatmulHook | None = None, batchnorm: BatchnormHook | None = None,
+            keep: Callable[[str], bool] | None = None, workspace: Workspace | None = None,
+            matrix_input_hook: MatrixInputHook | None = None
+            ) -> np.ndarray | dict[str, np.ndarray]:
+    """Run the graph on a batch ``x`` (N, H, W, C) (internal layout; see :func:`fp32_logits` for
+    the model's own).
+
+    ``matmul(layer, a)`` computes the (P, K) @ (K, N) product of a matrix layer (default: FP32 with
+    the layer's weights); bias is added after it. ``batchnorm(layer, x)`` replaces a BatchNorm layer
+    (default: eval-mode affine). With ``keep``, returns every activation whose name it accepts
+    (plus the output) instead of the output alone. ``workspace`` reuses im2col buffers across
+    calls (pass one when running many batches of one size). ``matrix_input_hook(layer, a,
+    workspace)`` replaces :func:`matrix_input` (e.g. to build and quantize patches in one pass).
+    """
+    run = Pass(params, workspace if workspace is not None else Workspace(), matmul=matmul,
+               matrix_input=matrix_input_hook, batchnorm=batchnorm)
+    return walk(net, np.asarray(x, dtype=np.float32),
+                lambda layer, xs: layer.forward(xs, run).astype(np.float32, copy=False), keep=keep)
+
+
 def predict(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, batch_size: int = 500,
             **hooks) -> np.ndarray:
     """Class predictions for a dataset, processed in batches."""
@@ -345,6 +230,38 @@ def predict(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, batch
     preds = [np.argmax(forward(net, params, x[i:i + batch_size], workspace=workspace, **hooks), axis=1)
              for i in range(0, len(x), batch_size)]
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def to_internal_layout(net: Network, x: np.ndarray) -> np.ndarray:
+    """A batch in the model's own input layout -> the internal NHWC one (checked)."""
+    x = np.asarray(x, np.float32)
+    h_w_c = net.input_shape
+    if net.input_layout == "NCHW" and len(h_w_c) == 3:
+        expected = (h_w_c[2], h_w_c[0], h_w_c[1])
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise WorkloadError(f"network {net.name}: expects inputs of shape (N, "
+                                f"{', '.join(map(str, expected))}) (NCHW), got {x.shape}")
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if x.ndim != len(h_w_c) + 1 or tuple(x.shape[1:]) != h_w_c:
+        raise WorkloadError(f"network {net.name}: expects inputs of shape (N, "
+                            f"{', '.join(map(str, h_w_c))}), got {x.shape}")
+    return x
+
+
+def fp32_logits(network: Network, params: Mapping[str, np.ndarray], x: np.ndarray,
+                batch_size: int = 500) -> np.ndarray:
+    """The FP32 reference output for ``x`` given in the model's own input layout (NCHW for an
+    ONNX model from PyTorch, NHWC for the built-in networks), in batches. A spatial output comes
+    back in that layout too."""
+    xi = to_internal_layout(network, x)
+    workspace = Workspace()
+    outs = [forward(network, params, xi[i:i + batch_size], workspace=workspace)
+            for i in range(0, len(xi), batch_size)]
+    out = np.concatenate(outs) if outs else np.zeros((0,) + network.shape(network.output),
+                                                     np.float32)
+    if network.input_layout == "NCHW" and out.ndim == 4:
+        out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -414,11 +331,12 @@ BUILTIN_NETWORKS: dict[str, Callable[[], Network]] = {
 def init_params(net: Network, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """He-normal weights, zero biases, identity BatchNorm: a network ready to train from scratch."""
     params = {}
-    for pname, shape in net.param_shapes().items():
-        if pname.endswith(".weight") and len(shape) > 1:
+    for pname, spec in net.param_specs().items():
+        shape = tuple(spec.shape)
+        if spec.init == "he":
             fan_in = int(np.prod(shape[1:]))
             params[pname] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        elif pname.endswith((".weight", ".running_var")):
+        elif spec.init == "ones":
             params[pname] = np.ones(shape, np.float32)
         else:
             params[pname] = np.zeros(shape, np.float32)

@@ -36,7 +36,7 @@ TOTAL_QUANTITIES = ("latency_cycles", "total_cycles", "interval_cycles",
 def workload_hash(workload) -> str:
     """sha256 of what the timing depends on: the network graph and the workload spec."""
     net = workload.network
-    text = json.dumps({"network": [repr(layer) for layer in net.layers],
+    text = json.dumps({"network": [layer.describe() for layer in net.layers],
                        "input": list(net.input_shape), "name": workload.spec.name},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -73,20 +73,28 @@ def _mapping_table(m: dict, network_name: str, chip, tablefmt: str = "simple") -
     rows = []
     for lm in m["layers"]:
         analog = lm["placement"] == "analog"
-        rows.append([lm["name"], lm["kind"], lm["placement"], f"{lm['k']}x{lm['n']}",
+        groups = lm.get("groups", 1)
+        size = (f"{lm['k']}x{lm['n']}" if groups == 1
+                else f"{groups}x({lm['k'] // groups}x{lm['n'] // groups})")
+        rows.append([lm["name"], lm["kind"], lm["placement"], size,
                      f"{lm['row_blocks']}x{lm['col_blocks']}" if analog else "-",
                      lm["arrays"] if analog else "-",
-                     f"{100 * lm['utilization']:.1f}%" if analog else "-", f"{lm['macs']:,}"])
+                     f"{100 * lm['utilization']:.1f}%" if analog else "-", f"{lm['macs']:,}",
+                     ("yes" if lm.get("batchnorm") else "no") if analog else "-"])
     t = m["totals"]
     rows.append(["total", "", f"{t['analog_layers']} analog / {t['digital_layers']} digital", "",
                  "", f"{t['arrays']} of {t['arrays_available']}", f"{100 * t['utilization']:.1f}%",
-                 f"{t['macs']:,}"])
+                 f"{t['macs']:,}", f"{t.get('adabs_layers', 0)} of {t['analog_layers']}"])
     head = (f"{network_name} on {chip.name} ({m['policy']}): "
             f"{chip.tiles.array.rows}x{chip.tiles.array.cols} arrays, "
             f"{chip.tiles.array.weight_cols} weight columns each; "
             f"{100 * t['analog_mac_fraction']:.1f}% of MACs analog")
+    if t.get("adabs_layers", 0) < t["analog_layers"]:
+        head += (f"; AdaBS can re-estimate BatchNorm statistics for {t.get('adabs_layers', 0)} "
+                 f"of {t['analog_layers']} analog layers (the others have no BatchNorm, e.g. "
+                 "folded into a conv bias)")
     table = tabulate(rows, headers=["layer", "kind", "placement", "K x N", "row x col blocks",
-                                    "arrays", "utilization", "MACs"], tablefmt=tablefmt,
+                                    "arrays", "utilization", "MACs", "AdaBS"], tablefmt=tablefmt,
                      disable_numparse=True)
     return head + "\n" + table
 

@@ -7,6 +7,9 @@ Example::
     from archsim import simulate
     result = simulate.run("configs/pcm_hybrid.yaml", "workloads/resnet32_cifar10.yaml", seeds=3)
     print(result.report()["summary"]["energy_per_inference_uj"])
+
+A workload is a workload YAML (file or shipped name), an ONNX model file (``model.onnx``: no
+dataset unless ``dataset=`` names one) or a :class:`~archsim.workloads.Workload`.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from .workloads import Workload, load_workload
 
 def load(chip: str | Path | ChipConfig | None = None, workload: str | Path | Workload | None = None,
          *, overrides: TMapping[str, Any] | None = None, policy: str | None = None,
-         data_dir: str | Path | None = None) -> tuple[ChipConfig, Workload]:
-    """The chip (with ``--set`` overrides and ``--mapping`` policy applied) and the workload."""
+         data_dir: str | Path | None = None, dataset: str | None = None
+         ) -> tuple[ChipConfig, Workload]:
+    """The chip (with ``--set`` overrides and ``--mapping`` policy applied) and the workload
+    (``dataset``: digits, cifar10 or a workload YAML whose dataset replaces the workload's)."""
     chip_cfg = chip if isinstance(chip, ChipConfig) else load_chip(chip, overrides)
     if policy is not None:
         chip_cfg = chip_cfg.with_mapping(policy)
-    wl = workload if isinstance(workload, Workload) else load_workload(workload, data_dir)
+    wl = workload if isinstance(workload, Workload) else load_workload(workload, data_dir, dataset)
     return chip_cfg, wl
 
 
@@ -65,7 +70,8 @@ class RunResult:
                      "technology_nm": chip.chip.technology_nm, "clock_mhz": chip.chip.clock_mhz,
                      "config": chip.to_dict()},
             "workload": {"name": spec.name, "file": self.workload.file, "network": spec.network,
-                         "weights": spec.weights, "dataset": spec.dataset.name,
+                         "weights": spec.weights,
+                         "dataset": spec.dataset.name if spec.dataset is not None else None,
                          "macs_per_inference": self.mapping.network.total_macs()},
             "mapping": mapping,
             "accuracy": self.accuracy.to_dict() if self.accuracy is not None else None,
@@ -131,11 +137,12 @@ def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, 
         times_s: Sequence[float] | None = None, seeds: int = 3, calib_images: int = 1000,
         test_images: int | None = None, inferences: int = 4, seed: int = 0,
         weights: str | Path | None = None, progress: bool = True,
-        inputs: AccuracyInputs | None = None) -> RunResult:
+        inputs: AccuracyInputs | None = None, dataset: str | None = None) -> RunResult:
     """One chip x one workload, end to end. ``inputs``: the accuracy run's weights and data,
-    already loaded (:func:`accuracy_inputs`)."""
+    already loaded (:func:`accuracy_inputs`); ``dataset``: the dataset of a bare .onnx workload."""
     from . import accounting, functional, timing
-    chip_cfg, wl = load(chip, workload, overrides=overrides, policy=policy, data_dir=data_dir)
+    chip_cfg, wl = load(chip, workload, overrides=overrides, policy=policy, data_dir=data_dir,
+                        dataset=dataset)
     mapping = map_network(chip_cfg, wl.network)
     tim = timing.simulate_timing(mapping, inferences)     # first: a capacity error stops it early
     acc = None
@@ -148,3 +155,23 @@ def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, 
                            seed=seed, weights=weights, progress=progress, inputs=inputs)
     cost = accounting.account(mapping, tim)
     return RunResult(mapping, wl, acc, tim, cost)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """Two chips on one workload (:func:`compare`)."""
+    a: RunResult
+    b: RunResult
+
+    def reports(self) -> tuple[dict, dict]:
+        return self.a.report(), self.b.report()
+
+    def table(self) -> str:
+        """The side-by-side table with ratios (as ``archsim compare`` prints it)."""
+        from .report import compare_table
+        return compare_table(*self.reports())
+
+
+def compare(chip_a, chip_b, workload=None, **kwargs) -> CompareResult:
+    """Two chips on one workload, each run as :func:`run` runs it (same options)."""
+    return CompareResult(run(chip_a, workload, **kwargs), run(chip_b, workload, **kwargs))

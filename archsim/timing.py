@@ -67,7 +67,11 @@ report their producer's times. Add, pools, global pool and the option-A shortcut
 first operand lives, on a vector unit of ``affine.lanes`` lanes without contention: a row costs
 ``ceil(ops / lanes)`` cycles, ops = output elements (add), output elements x kernel^2 (pools),
 input elements (global pool), 0 for the shortcut (a strided selection with zero channels); each op
-is an ``accumulator.add``.
+is an ``accumulator.add``. Each layer class says which it is (:mod:`archsim.layers`: ``timing``,
+``vector_ops``, ``input_row_needed``, ``input_row_first``): Clip (ReLU6) and LeakyReLU fuse like
+ReLU; Mul, Sigmoid, Tanh and HardSigmoid cost one op per output element, HardSwish two; Concat, Pad
+and Slice are selections (0 ops) whose row r needs input row r, r - pad_top and start + r x step; a
+grouped digital conv runs its groups as separate GEMMs (their folds shared by the units).
 
 Data movement: activations are ``ceil(dac.bits/8)`` bytes between analog tiles and FP32 (4 bytes)
 to or from the digital units (the network input comes from the digital side). Each produced row is
@@ -192,12 +196,14 @@ def mvm_stages(chip: ChipConfig | TileParts, rows_used: int, weight_cols_used: i
 
 
 def digital_layer_cycles(chip: ChipConfig, m: int, k: int, n: int,
-                         parts: TMapping | None = None) -> tuple[int, int, int]:
-    """(total cycles, stall cycles, SRAM bytes) of one digital GEMM on the digital cluster."""
+                         parts: TMapping | None = None, groups: int = 1) -> tuple[int, int, int]:
+    """(total cycles, stall cycles, SRAM bytes) of one digital GEMM on the digital cluster; a
+    grouped conv is ``groups`` independent GEMMs of M x K/groups x N/groups whose folds the units
+    share."""
     p = parts if parts is not None else chip_parts(chip)
     pes: SystolicArray = p["digital_mac"]
-    compute = pes.gemm_cycles(m, k, n)
-    nbytes = pes.gemm_sram_bytes(m, k, n)
+    compute = pes.gemm_cycles(m, k, n, groups)
+    nbytes = pes.gemm_sram_bytes(m, k, n, groups)
     sram = p["sram"].transfer_cycles(nbytes)
     return max(compute, sram), max(0, sram - compute), nbytes
 
@@ -366,60 +372,46 @@ def _rows_of(shape: tuple[int, ...]) -> tuple[int, int]:
     return 1, int(math.prod(shape))
 
 
-# The few places that depend on the layer kind (kept small and separate):
+# What the timing model asks of a layer (its class answers: archsim.layers):
 
 def _is_fused(layer: Layer) -> bool:
-    """BatchNorm folds into the producer's affine / systolic output stage; ReLU and Flatten fuse
-    into the producer's output write."""
-    return layer.kind in ("batchnorm", "relu", "flatten")
+    """Folded into its producer's output stage (BatchNorm into the affine / systolic output
+    stage; ReLU, Clip, Flatten into the output write)."""
+    return layer.timing == "fused"
 
 
-def _vector_ops_per_row(layer: Layer, net: Network, row_values: int) -> int:
-    """Vector-unit additions for one output row of a non-matrix layer."""
-    if layer.kind == "add":
-        return row_values
-    if layer.kind in ("maxpool", "avgpool"):
-        return row_values * layer.kernel ** 2
-    if layer.kind == "globalavgpool":
-        src0 = layer.inputs[0]
-        return int(math.prod(net.shape(src0) if src0 != INPUT else net.input_shape))
-    return 0                                           # shortcut_a: a selection only
+def _vector_ops_per_row(layer: Layer, net: Network, out_shape, row_values: int) -> int:
+    """Vector-unit operations for one output row of a non-matrix layer."""
+    return layer.vector_ops(net.input_shapes_of(layer), out_shape, row_values)
 
 
-def _need_fn(layer: Layer, declared_in: tuple[int, ...], src_rows: int,
+def _need_fn(layer: Layer, in_index: int, declared_in: tuple[int, ...], src_rows: int,
              clamp: bool = True) -> Callable[[int], int]:
-    """Consumer row r -> the last producer row it needs (``clamp=False``: as if the producer had
-    rows beyond its last, for the capacity analysis)."""
+    """Consumer row r -> the last row of input ``in_index`` it needs (e.g. a 3x3 conv row r needs
+    input row r*stride - pad + 2); ``clamp=False``: as if the producer had rows beyond its last,
+    for the capacity analysis."""
     last = src_rows - 1
-    if len(declared_in) != 3 or src_rows == 1 or layer.kind in ("linear", "globalavgpool",
-                                                                 "flatten"):
+    if len(declared_in) != 3 or src_rows == 1 or layer.input_row_needed(0, in_index,
+                                                                         declared_in) is None:
         return lambda r: last
     cap = last if clamp else math.inf
-    if layer.kind in ("conv2d", "maxpool", "avgpool"):
-        k, s, p = layer.kernel, layer.stride, layer.padding
-        return lambda r: min(cap, r * s - p + k - 1)
-    if layer.kind == "shortcut_a":
-        return lambda r: min(cap, 2 * r)
-    return lambda r: min(cap, r)
+    return lambda r: min(cap, layer.input_row_needed(r, in_index, declared_in))
 
 
-def _first_fn(layer: Layer, declared_in: tuple[int, ...], src_rows: int) -> Callable[[int], int]:
-    """Consumer row r -> the first producer row it needs (rows before it can be freed)."""
+def _first_fn(layer: Layer, in_index: int, declared_in: tuple[int, ...], src_rows: int
+              ) -> Callable[[int], int]:
+    """Consumer row r -> the first row of input ``in_index`` it needs (rows before it can be
+    freed)."""
     last = src_rows - 1
-    if len(declared_in) != 3 or src_rows == 1 or layer.kind in ("linear", "globalavgpool",
-                                                                 "flatten"):
+    if len(declared_in) != 3 or src_rows == 1 or layer.input_row_needed(0, in_index,
+                                                                         declared_in) is None:
         return lambda r: 0
-    if layer.kind in ("conv2d", "maxpool", "avgpool"):
-        s, p = layer.stride, layer.padding
-        return lambda r: min(last, max(0, r * s - p))
-    if layer.kind == "shortcut_a":
-        return lambda r: min(last, 2 * r)
-    return lambda r: min(last, r)
+    return lambda r: min(last, max(0, layer.input_row_first(r, in_index, declared_in)))
 
 
 def _streams_input(layer: Layer) -> bool:
     """The layer folds its input rows into a running result as they arrive (global pooling)."""
-    return layer.kind == "globalavgpool"
+    return layer.streams_input
 
 
 class _Plan:
@@ -479,22 +471,23 @@ class _Plan:
                         add_actions(node, "interconnect.byte_hop", rows * b * ic.hops(s, d_))
                 else:
                     node = _Node(layer, layer.name, "digital", rows, row_values, [(D, 1.0)], lm)
-                    total, stall, nbytes = digital_layer_cycles(chip, m, lm.k, lm.n, parts)
+                    total, stall, nbytes = digital_layer_cycles(chip, m, lm.k, lm.n, parts,
+                                                                lm.groups)
                     node.row_cycles = [total * (r + 1) // rows - total * r // rows
                                        for r in range(rows)]
                     node.stall = stall
-                    add_actions(node, "digital_mac.mac", m * lm.k * lm.n)
+                    add_actions(node, "digital_mac.mac", lm.macs)
                     add_actions(node, "sram.byte", nbytes)
             else:
                 node = _Node(layer, layer.name, "vector", rows, row_values, list(first.loc))
-                ops = _vector_ops_per_row(layer, net, row_values)
+                ops = _vector_ops_per_row(layer, net, out_shape, row_values)
                 node.row_cycles = [self.vector.cycles(ops)] * rows
                 add_actions(node, "accumulator.add", ops * rows)
             # input edges
-            for src_name in layer.inputs:
+            for in_index, src_name in enumerate(layer.inputs):
                 src = self.alias[src_name]
                 declared = net.shape(src_name) if src_name != INPUT else tuple(net.input_shape)
-                need = _need_fn(layer, declared, src.rows)
+                need = _need_fn(layer, in_index, declared, src.rows)
                 if node.role == "analog":
                     dst_loc = [(a.tile, a.rows_used / node.lm.k) for a in node.lm.arrays]
                 elif node.role == "digital":
@@ -512,8 +505,8 @@ class _Plan:
                         if s != d_:
                             sends.append((s, d_, b))
                             add_actions(node, "interconnect.byte_hop", src.rows * b * ic.hops(s, d_))
-                edge = _Edge(src, node, need, sends, _first_fn(layer, declared, src.rows),
-                             _need_fn(layer, declared, src.rows, clamp=False),
+                edge = _Edge(src, node, need, sends, _first_fn(layer, in_index, declared, src.rows),
+                             _need_fn(layer, in_index, declared, src.rows, clamp=False),
                              row_bytes, _streams_input(layer))
                 node.inputs.append(edge)
                 self.edges.append(edge)

@@ -12,8 +12,10 @@ is applied to the clean ones, and after each step the weights are clipped to
 ``+-alpha * std(W)`` per layer. A network trained that way tolerates the PCM programming and read
 noise of :mod:`archsim.functional` better.
 
-Convolutions are GEMMs on im2col patches (the same (c, i, j) order as :mod:`archsim.network`); the
-input gradient goes back through :func:`archsim.kernels.col2im_into`. Everything works in float32
+Each layer kind's training forward and backward live in its class (:mod:`archsim.layers`);
+this module walks the graph, runs the loss and the optimizer. Convolutions are GEMMs on im2col
+patches (the same (c, i, j) order as :mod:`archsim.network`); the input gradient goes back through
+:func:`archsim.kernels.col2im_into`. Everything works in float32
 for training and in float64 for the gradient checks of the tests. All randomness (initial weights,
 shuffling, augmentation, weight noise) comes from one ``numpy.random.Generator(config.seed)``.
 """
@@ -24,16 +26,15 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .datasets import Dataset
 from .errors import ArchsimError
-from .kernels import col2im_into, im2col_into
-from .network import INPUT, Layer, Network, Workspace, init_params, predict, shortcut_a
+from .layers import Pass, Tape
+from .network import INPUT, Network, Workspace, init_params, predict, walk
 from .progress import Progress
 
 BN_MOMENTUM = 0.1            # PyTorch's default: running = 0.9 * running + 0.1 * batch
@@ -94,35 +95,11 @@ class EpochStats:
 # Forward (train mode) and backward
 # ------------------------------------------------------------------------------------------
 
-@dataclass
-class Tape:
-    """What :func:`forward_train` recorded for :func:`backward`."""
-    saved: dict[str, tuple] = field(default_factory=dict)
-    # batch statistics of every BatchNorm: (mean, unbiased variance), for the running-stat update
-    batch_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    input_shape: tuple[int, ...] = ()
-
-
-def _im2col(x: np.ndarray, layer: Layer, out_hw: tuple[int, int], workspace: Workspace | None
-            ) -> np.ndarray:
-    k, s, p = layer.kernel, layer.stride, layer.padding
-    ho, wo = out_hw
-    n, _, _, c = x.shape
-    shape = (n * ho * wo, c * k * k)
-    if x.dtype == np.float32:
-        out = (workspace.get("cols/" + layer.name, shape) if workspace is not None
-               else np.empty(shape, np.float32))
-        return im2col_into(x, k, s, p, ho, wo, out)
-    # float64 (gradient checks): plain numpy, same (c, i, j) column order
-    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    win = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::s, ::s][:, :ho, :wo]
-    return np.ascontiguousarray(win).reshape(shape)
-
-
 def forward_train(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
                   train: bool = True, weights: Mapping[str, np.ndarray] | None = None,
                   workspace: Workspace | None = None) -> tuple[np.ndarray, Tape]:
-    """Logits of a batch plus the tape for :func:`backward`.
+    """Logits of a batch plus the tape for :func:`backward`: the graph walk of
+    :func:`archsim.network.walk` with every layer recording what its backward needs.
 
     ``train``: BatchNorm normalizes with batch statistics (else the running ones, as in
     :func:`archsim.network.forward`). ``weights`` replaces conv/linear weights by name (the noisy
@@ -131,78 +108,10 @@ def forward_train(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray,
     dtype = np.float64 if np.asarray(x).dtype == np.float64 else np.float32
     x = np.asarray(x, dtype)
     tape = Tape(input_shape=x.shape)
-    values: dict[str, np.ndarray] = {INPUT: x}
-    refcount = {name: len(users) for name, users in net.consumers().items()}
-    for layer in net.layers:
-        a = values[layer.inputs[0]]
-        name = layer.name
-        if layer.is_matrix:
-            w = (weights or {}).get(f"{name}.weight", params[f"{name}.weight"])
-            w2 = np.asarray(w, dtype).reshape(w.shape[0], -1)            # (O, K)
-            if layer.kind == "conv2d":
-                ho, wo, co = net.shape(name)
-                cols = _im2col(a, layer, (ho, wo), workspace)
-                shape = (cols.shape[0], co)
-                buf = (workspace.get("out/" + name, shape, dtype) if workspace is not None
-                       else np.empty(shape, dtype))     # reused: no page faults per batch
-                out = np.matmul(cols, w2.T, out=buf).reshape(a.shape[0], ho, wo, co)
-            else:
-                cols = a.reshape(a.shape[0], -1)
-                out = cols @ w2.T
-            if layer.bias:
-                out = out + np.asarray(params[f"{name}.bias"], dtype)
-            tape.saved[name] = (cols, w2, a.shape)
-        elif layer.kind == "batchnorm":
-            gamma = np.asarray(params[f"{name}.weight"], dtype)
-            beta = np.asarray(params[f"{name}.bias"], dtype)
-            axes = tuple(range(a.ndim - 1))
-            if train:
-                count = a.size // a.shape[-1]
-                mean = a.mean(axis=axes)
-                var = a.var(axis=axes, mean=mean.reshape((1,) * len(axes) + (-1,)))
-                tape.batch_stats[name] = (mean, var * count / max(count - 1, 1))
-            else:
-                mean = np.asarray(params[f"{name}.running_mean"], dtype)
-                var = np.asarray(params[f"{name}.running_var"], dtype)
-            inv_std = (1.0 / np.sqrt(var + layer.eps)).astype(dtype)
-            xhat = (a - mean) * inv_std
-            out = xhat * gamma + beta
-            tape.saved[name] = (xhat, inv_std, gamma, train)
-        elif layer.kind == "relu":
-            out = np.maximum(a, 0)
-            tape.saved[name] = (out > 0,)
-        elif layer.kind == "maxpool":
-            k, s = layer.kernel, layer.stride
-            ho, wo, _ = net.shape(name)
-            win = sliding_window_view(a, (k, k), axis=(1, 2))[:, ::s, ::s][:, :ho, :wo]
-            flat = win.reshape(win.shape[:4] + (k * k,))
-            arg = flat.argmax(axis=-1)
-            out = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
-            tape.saved[name] = (arg, a.shape)
-        elif layer.kind == "avgpool":
-            k, s = layer.kernel, layer.stride
-            win = sliding_window_view(a, (k, k), axis=(1, 2))[:, ::s, ::s]
-            out = win.mean(axis=(-2, -1), dtype=dtype)   # network.pool would round to float32
-            tape.saved[name] = (a.shape,)
-        elif layer.kind == "globalavgpool":
-            out = a.mean(axis=(1, 2), dtype=dtype)
-            tape.saved[name] = (a.shape,)
-        elif layer.kind == "flatten":
-            out = a.transpose(0, 3, 1, 2).reshape(a.shape[0], -1) if a.ndim == 4 else a
-            tape.saved[name] = (a.shape,)
-        elif layer.kind == "shortcut_a":
-            out = shortcut_a(a, layer.out_channels)
-            tape.saved[name] = (a.shape,)
-        elif layer.kind == "add":
-            out = a + values[layer.inputs[1]]
-        else:  # pragma: no cover - kinds are checked at construction
-            raise AssertionError(layer.kind)
-        values[name] = out.astype(dtype, copy=False)
-        for src in layer.inputs:
-            refcount[src] -= 1
-            if refcount[src] == 0 and src != INPUT:
-                del values[src]
-    return values[net.output], tape
+    run = Pass(params, workspace if workspace is not None else Workspace(), dtype=dtype,
+               tape=tape, batch_statistics=train, weights=weights)
+    out = walk(net, x, lambda layer, xs: layer.forward(xs, run).astype(dtype, copy=False))
+    return out, tape
 
 
 def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: bool = False,
@@ -211,89 +120,29 @@ def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: boo
 
     Parameter gradients cover the trainable parameters (conv/linear weights and biases, BatchNorm
     weight and bias); with a train-mode tape BatchNorm differentiates through the batch statistics.
+    Layers run in reverse graph order; gradients of activations used twice are summed.
     """
-    workspace = workspace if workspace is not None else Workspace()
-    shapes = net.param_shapes()
+    run = Pass({}, workspace if workspace is not None else Workspace(), dtype=dout.dtype)
     grads: dict[str, np.ndarray] = {}
     dvals: dict[str, np.ndarray] = {net.output: dout}
 
     def accumulate(src: str, g: np.ndarray) -> None:
-        if src == INPUT and not need_input_grad:
-            return
         if src in dvals:
             dvals[src] = dvals[src] + g
         else:
             dvals[src] = g
 
     for layer in reversed(net.layers):
-        name = layer.name
-        g = dvals.pop(name, None)
+        g = dvals.pop(layer.name, None)
         if g is None:           # the layer does not influence the loss
             continue
-        saved = tape.saved.get(name, ())
-        src = layer.inputs[0]
-        if layer.is_matrix:
-            cols, w2, in_shape = saved
-            g2 = g.reshape(-1, w2.shape[0])                               # (P, O)
-            # (cols.T @ g2).T, not g2.T @ cols: OpenBLAS is several times slower on the latter
-            grads[f"{name}.weight"] = np.ascontiguousarray((cols.T @ g2).T).reshape(
-                shapes[f"{name}.weight"])
-            if layer.bias:
-                grads[f"{name}.bias"] = g2.sum(axis=0)
-            if src == INPUT and not need_input_grad:
-                continue
-            dcols = np.matmul(g2, w2, out=workspace.get("dcols", cols.shape, g2.dtype))  # (P, K)
-            if layer.kind == "conv2d":
-                dx = workspace.get("dx/" + name, in_shape, dcols.dtype)
-                col2im_into(dcols, layer.kernel, layer.stride, layer.padding, dx)
-            else:
-                dx = dcols.reshape(in_shape).copy()
-            accumulate(src, dx)
-        elif layer.kind == "batchnorm":
-            xhat, inv_std, gamma, train = saved
-            axes = tuple(range(g.ndim - 1))
-            grads[f"{name}.bias"] = g.sum(axis=axes)
-            grads[f"{name}.weight"] = (g * xhat).sum(axis=axes)
-            if train:
-                count = g.size // g.shape[-1]
-                dxhat = g * gamma
-                dx = (inv_std / count) * (count * dxhat - dxhat.sum(axis=axes)
-                                          - xhat * (dxhat * xhat).sum(axis=axes))
-            else:
-                dx = g * (gamma * inv_std)
-            accumulate(src, dx.astype(g.dtype, copy=False))
-        elif layer.kind == "relu":
-            accumulate(src, g * saved[0])
-        elif layer.kind in ("maxpool", "avgpool"):
-            k, s = layer.kernel, layer.stride
-            in_shape = saved[-1]
-            ho, wo = g.shape[1], g.shape[2]
-            dx = np.zeros(in_shape, g.dtype)
-            for i in range(k):              # one vectorized scatter per kernel offset
-                for j in range(k):
-                    part = (g * (saved[0] == i * k + j) if layer.kind == "maxpool"
-                            else g / (k * k))
-                    dx[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += part
-            accumulate(src, dx)
-        elif layer.kind == "globalavgpool":
-            n, h, w, c = saved[0]
-            accumulate(src, np.broadcast_to((g / (h * w))[:, None, None, :], (n, h, w, c)))
-        elif layer.kind == "flatten":
-            shape = saved[0]
-            dx = (g.reshape(shape[0], shape[3], shape[1], shape[2]).transpose(0, 2, 3, 1)
-                  if len(shape) == 4 else g)
-            accumulate(src, dx)
-        elif layer.kind == "shortcut_a":
-            shape = saved[0]
-            pad = (layer.out_channels - shape[3]) // 2
-            dx = np.zeros(shape, g.dtype)
-            dx[:, ::2, ::2, :] = g[..., pad:pad + shape[3]]
-            accumulate(src, dx)
-        elif layer.kind == "add":
-            accumulate(layer.inputs[0], g)
-            accumulate(layer.inputs[1], g)
-        else:  # pragma: no cover
-            raise AssertionError(layer.kind)
+        need = [src != INPUT or need_input_grad for src in layer.inputs]
+        dxs, layer_grads = layer.backward(g, tape.saved.get(layer.name, ()), need, run)
+        for role, value in layer_grads.items():
+            grads[layer.param(role)] = value
+        for src, dx, wanted in zip(layer.inputs, dxs, need):
+            if wanted and dx is not None:
+                accumulate(src, dx)
     return grads, dvals.get(INPUT)
 
 
@@ -313,13 +162,14 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
 # ------------------------------------------------------------------------------------------
 
 def trainable_names(net: Network) -> list[str]:
-    """Conv/linear weights and biases, BatchNorm weight and bias (not the running statistics)."""
-    return [p for p in net.param_shapes() if not p.endswith((".running_mean", ".running_var"))]
+    """Conv/linear weights and biases, BatchNorm weight and bias (not the running statistics nor
+    constants)."""
+    return [name for name, spec in net.param_specs().items() if spec.trainable]
 
 
 def weight_names(net: Network) -> list[str]:
     """The conv/linear weights: the ones that go onto arrays, get noise and get clipped."""
-    return [f"{layer.name}.weight" for layer in net.matrix_layers()]
+    return [layer.param("weight") for layer in net.matrix_layers()]
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:

@@ -1,5 +1,7 @@
-"""Workloads: a workload YAML names a network (built in), its weights file and its dataset with the
-input normalization the weights expect.
+"""Workloads: a workload YAML names a network (built in, or an ONNX model file), its weights file and
+its dataset with the input normalization the weights expect. An ONNX model brings its weights (the
+initializers), so ``weights:`` is optional for it; an ``.onnx`` file given where a workload is
+expected is a workload of its own, without a dataset unless one is named (``--dataset``).
 
 Data files are looked up, in order, as given (absolute or relative to the working directory), in
 ``--data DIR``, in ``$ARCHSIM_DATA``, in the per-user cache folder (``$XDG_CACHE_HOME/archsim`` or
@@ -8,6 +10,7 @@ Data files are looked up, in order, as given (absolute or relative to the workin
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import zipfile
@@ -24,6 +27,8 @@ from .network import BUILTIN_NETWORKS, Network
 
 SHIPPED_WORKLOADS = ("digits_cnn", "resnet32_cifar10")
 DEFAULT_WORKLOAD = "digits_cnn"
+# --dataset NAME: the dataset section (files, normalization) of the shipped workload using it
+DATASET_WORKLOADS = {"digits": "digits_cnn", "cifar10": "resnet32_cifar10"}
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,10 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class WorkloadSpec:
     name: str = cfg.spec("workload")
-    network: str = cfg.spec("digits_cnn", choices=tuple(BUILTIN_NETWORKS))
-    weights: str | None = cfg.spec(None, doc=".npz of float32 arrays with PyTorch names")
+    network: str = cfg.spec("digits_cnn", doc="a built-in network "
+                            f"({' | '.join(BUILTIN_NETWORKS)}) or an .onnx model file")
+    weights: str | None = cfg.spec(None, doc=".npz of float32 arrays with PyTorch names (an .onnx "
+                                             "network brings its own)")
     dataset: DatasetSpec = cfg.spec(factory=DatasetSpec)
 
 
@@ -50,10 +57,11 @@ class WorkloadFile:
 
 @dataclass(frozen=True)
 class Workload:
-    spec: WorkloadSpec
+    spec: WorkloadSpec              # spec.dataset is None for an .onnx file given alone
     network: Network
     file: str
     data_dir: str | None = field(default=None, compare=False)
+    params: dict | None = field(default=None, compare=False, repr=False)   # an ONNX model's own
 
     @property
     def name(self) -> str:
@@ -63,22 +71,39 @@ class Workload:
         return find_data_file(name, self.data_dir, Path(self.file).parent)
 
     def load_params(self, path: str | Path | None = None) -> dict[str, np.ndarray]:
-        """The network's weights (from ``path``, else the workload's weights file)."""
-        if path is None:
-            if self.spec.weights is None:
-                raise WorkloadError(f"{self.file}: workload.weights: no weights file given")
+        """The network's weights: from ``path`` (.npz, or an .onnx model's initializers), else the
+        workload's weights file, else the ONNX model's initializers."""
+        if path is None and self.spec.weights is not None:
             path = self.find(self.spec.weights)
-        return load_weights(self.network, Path(path))
+        if path is not None and is_onnx(path):
+            from .onnx_import import import_onnx
+            return self.network.check_params(import_onnx(path)[1], str(path))
+        if path is not None:
+            return load_weights(self.network, Path(path))
+        if self.params is not None:
+            return dict(self.params)
+        raise WorkloadError(f"{self.file}: workload.weights: no weights file given")
 
     def dataset(self, split: str = "test") -> Dataset:
         ds = self.spec.dataset
+        if ds is None:
+            raise WorkloadError(f"{self.file}: accuracy needs a dataset: give --dataset "
+                                f"{' | '.join(DATASET_WORKLOADS)} | WORKLOAD.yaml, or a workload "
+                                f"YAML with network: {Path(self.file).name}, or --no-accuracy")
         if ds.name == "digits":
-            return load_digits_split(split, ds.mean, ds.std)
-        name = ds.test if split == "test" else ds.train
-        if name is None:
-            raise ConfigError(self.file, f"workload.dataset.{split}", "no file given for the "
-                              f"{split} images")
-        return load_cifar10(self.find(name), split, ds.mean, ds.std)
+            data = load_digits_split(split, ds.mean, ds.std)
+        else:
+            name = ds.test if split == "test" else ds.train
+            if name is None:
+                raise ConfigError(self.file, f"workload.dataset.{split}", "no file given for the "
+                                  f"{split} images")
+            data = load_cifar10(self.find(name), split, ds.mean, ds.std)
+        if tuple(data.images.shape[1:]) != tuple(self.network.input_shape):
+            h_w_c = self.network.input_shape
+            raise WorkloadError(f"{data.source}: images of shape {tuple(data.images.shape[1:])} "
+                                f"(H, W, C) do not fit network {self.network.name}, which takes "
+                                f"{tuple(h_w_c)}")
+        return data
 
 
 def user_cache_dir() -> Path:
@@ -126,9 +151,46 @@ def resolve_workload_path(name_or_path: str | Path | None) -> Path:
                                "workload file")
 
 
-def load_workload(name_or_path: str | Path | None = None, data_dir: str | Path | None = None
-                  ) -> Workload:
+def is_onnx(name: str | Path | None) -> bool:
+    return name is not None and str(name).lower().endswith(".onnx")
+
+
+def dataset_spec(name: str, data_dir: str | Path | None = None) -> DatasetSpec:
+    """``--dataset NAME``: the dataset section of the shipped workload for ``digits`` or
+    ``cifar10``, or of the given workload YAML (file or shipped name)."""
+    target = DATASET_WORKLOADS.get(name, name)
+    try:
+        path = resolve_workload_path(target)
+    except ConfigError:
+        raise ConfigError("--dataset", "", f"{name!r}: expected {' | '.join(DATASET_WORKLOADS)} "
+                          "or a workload YAML") from None
+    return cfg.parse_file(WorkloadFile, path).workload.dataset
+
+
+def load_workload(name_or_path: str | Path | None = None, data_dir: str | Path | None = None,
+                  dataset: str | None = None) -> Workload:
+    """A workload YAML (file or shipped name) or an ONNX model file; ``dataset`` replaces its
+    dataset (see :func:`dataset_spec`)."""
+    data_dir = None if data_dir is None else str(data_dir)
+    override = None if dataset is None else dataset_spec(dataset, data_dir)
+    if is_onnx(name_or_path):
+        from .onnx_import import import_onnx
+        path = find_data_file(str(name_or_path), data_dir)
+        network, params = import_onnx(path)
+        spec = WorkloadSpec(name=network.name, network=Path(path).name, weights=None,
+                            dataset=override)
+        return Workload(spec, network, str(path), data_dir, params)
     path = resolve_workload_path(name_or_path)
     spec = cfg.parse_file(WorkloadFile, path).workload
-    network = BUILTIN_NETWORKS[spec.network]()
-    return Workload(spec, network, str(path), None if data_dir is None else str(data_dir))
+    if override is not None:
+        spec = dataclasses.replace(spec, dataset=override)
+    params = None
+    if is_onnx(spec.network):
+        from .onnx_import import import_onnx
+        network, params = import_onnx(find_data_file(spec.network, data_dir, path.parent))
+    elif spec.network in BUILTIN_NETWORKS:
+        network = BUILTIN_NETWORKS[spec.network]()
+    else:
+        raise ConfigError(str(path), "workload.network", f"expected one of "
+                          f"{' | '.join(BUILTIN_NETWORKS)} or an .onnx file, got {spec.network!r}")
+    return Workload(spec, network, str(path), data_dir, params)

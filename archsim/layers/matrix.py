@@ -1,0 +1,387 @@
+"""Weight-matrix kinds: Conv2d (groups, dilation, any kernel, strides and pads) and Linear."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import numpy as np
+
+from .base import Layer, LayerError, MatrixView, ParamSpec, Pass, Workspace, _pads4, _pair, _square
+from .ops import col2im_general, im2col, im2col_general
+
+
+@dataclass(frozen=True)
+class MatrixLayer(Layer):
+    """Conv and Linear: the layers that become weight matrices on arrays."""
+    out_channels: int = 0
+    bias: bool = False
+
+    is_matrix: ClassVar[bool] = True
+    timing: ClassVar[str] = "matrix"
+    groups: ClassVar[int] = 1
+    input_is_copy: ClassVar[bool] = False    # matrix_input returns a fresh or scratch array
+
+    @property
+    def square(self) -> tuple[int, int, int] | None:
+        """(kernel, stride, padding) of a conv the numba patch kernels handle; None otherwise."""
+        return None
+
+    def matrix_view(self, in_shape, out_shape) -> MatrixView:
+        raise NotImplementedError
+
+    def macs(self, in_shapes, out_shape) -> int:
+        view = self.matrix_view(in_shapes[0], out_shape)
+        return view.weights * view.mvms
+
+    def weight(self, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        return params[self.param("weight")]
+
+    def weight_matrix(self, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The (K, N) matrix that goes onto arrays (block-diagonal for grouped convs)."""
+        w = self.weight(params)
+        return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+
+    def weight_mask(self, k: int) -> np.ndarray | None:
+        """(K, N) True where a device holds a weight; None: everywhere (no groups)."""
+        return None
+
+    def matrix_input(self, a: np.ndarray, workspace: Workspace | None = None) -> np.ndarray:
+        """The 2-D input: one row per MVM."""
+        return a.reshape(a.shape[0], -1)
+
+    def matmul(self, cols: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """FP32 (P, K) @ (K, N)."""
+        return cols @ self.weight_matrix(params)
+
+    def multiply(self, cols: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """(P, K) @ the layer's (K, N) ``matrix`` (as :meth:`weight_matrix` gives it)."""
+        return cols @ matrix
+
+    def matrix_output(self, out: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return out
+
+    def forward(self, xs, run: Pass) -> np.ndarray:
+        a = xs[0]
+        if run.tape is not None:
+            return self._forward_train(a, run)
+        cols = (run.matrix_input or (lambda layer, x, ws: layer.matrix_input(x, ws)))(
+            self, a, run.workspace)
+        out = run.matmul(self, cols) if run.matmul is not None else self.matmul(cols, run.params)
+        if self.bias:
+            out = out + run.params[self.param("bias")]
+        return self.matrix_output(out, a)
+
+    def _train_weight(self, run: Pass) -> np.ndarray:
+        """(O, K/groups) weights of a training pass (noisy ones when given)."""
+        w = (run.weights or {}).get(self.param("weight"), run.params[self.param("weight")])
+        return np.asarray(w, run.dtype).reshape(w.shape[0], -1)
+
+    def _forward_train(self, a: np.ndarray, run: Pass) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _grouped(cols: np.ndarray, w2: np.ndarray, groups: int) -> np.ndarray:
+    """(P, K) patches times the grouped weights w2 (O, K/G): (P, O), one GEMM per group."""
+    p = cols.shape[0]
+    kg = cols.shape[1] // groups
+    ng = w2.shape[0] // groups
+    xg = cols.reshape(p, groups, kg).transpose(1, 0, 2)                 # (G, P, Kg)
+    out = np.matmul(xg, w2.reshape(groups, ng, kg).transpose(0, 2, 1))  # (G, P, Ng)
+    return out.transpose(1, 0, 2).reshape(p, groups * ng)
+
+
+@dataclass(frozen=True)
+class Conv2d(MatrixLayer):
+    """2-D convolution: OIHW weights ``(out, in/groups, kh, kw)``, optional bias; any kernel,
+    strides, (top, left, bottom, right) pads, dilations and groups (depthwise: groups = in)."""
+    kernel_shape: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    kind: ClassVar[str] = "conv2d"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("Conv",)
+    input_is_copy: ClassVar[bool] = True
+    aliases: ClassVar[dict[str, str]] = {"kernel": "kernel_shape", "stride": "strides",
+                                         "padding": "pads", "dilation": "dilations"}
+
+    @classmethod
+    def normalize(cls, attrs):
+        out = dict(attrs)
+        for key, fn in (("kernel_shape", _pair), ("strides", _pair), ("dilations", _pair)):
+            if key in out:
+                out[key] = fn(out[key], key)
+        if "pads" in out:
+            out["pads"] = _pads4(out["pads"])
+        return out
+
+    def check(self):
+        if self.out_channels < 1 or self.groups < 1:
+            return "out_channels and groups must be positive"
+        if min(self.kernel_shape + self.strides + self.dilations) < 1 or min(self.pads) < 0:
+            return "kernel, strides and dilations must be positive, pads not negative"
+        if self.out_channels % self.groups:
+            return f"{self.out_channels} output channels do not divide into {self.groups} groups"
+        return None
+
+    # the built-in networks' square view of the geometry
+    @property
+    def kernel(self):
+        return _square(self.kernel_shape)
+
+    @property
+    def stride(self):
+        return _square(self.strides)
+
+    @property
+    def padding(self):
+        return _square(self.pads)
+
+    @property
+    def square(self) -> tuple[int, int, int] | None:
+        """(kernel, stride, padding) when the numba im2col kernels apply (square kernel, one stride,
+        one padding on all sides, no dilation), else None."""
+        if (isinstance(self.kernel, int) and isinstance(self.stride, int)
+                and isinstance(self.padding, int) and self.dilations == (1, 1)):
+            return self.kernel, self.stride, self.padding
+        return None
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = (self.kernel_shape, self.strides,
+                                                          self.pads, self.dilations)
+        return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1,
+                (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+    def infer(self, in_shapes):
+        x = in_shapes[0]
+        self._need_spatial(x)
+        h, w, c = x
+        if c % self.groups:
+            raise LayerError(f"{c} input channels do not divide into {self.groups} groups")
+        ho, wo = self.out_hw(h, w)
+        if ho < 1 or wo < 1:
+            raise LayerError(f"kernel {self.kernel} does not fit input {tuple(x)}")
+        return ho, wo, self.out_channels
+
+    def param_specs(self, in_shapes):
+        c = in_shapes[0][2]
+        specs = [ParamSpec("weight", (self.out_channels, c // self.groups) + self.kernel_shape,
+                           True, "he")]
+        if self.bias:
+            specs.append(ParamSpec("bias", (self.out_channels,)))
+        return specs
+
+    def matrix_view(self, in_shape, out_shape) -> MatrixView:
+        kh, kw = self.kernel_shape
+        return MatrixView(in_shape[2] * kh * kw, self.out_channels, self.groups,
+                          out_shape[0] * out_shape[1])
+
+    def weight_matrix(self, params):
+        w = self.weight(params)
+        if self.groups == 1:
+            return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+        g = self.groups
+        ng, kg = w.shape[0] // g, int(np.prod(w.shape[1:]))
+        full = np.zeros((g, kg, g, ng), w.dtype)
+        idx = np.arange(g)
+        full[idx, :, idx, :] = w.reshape(g, ng, kg).transpose(0, 2, 1)
+        return full.reshape(g * kg, g * ng)
+
+    def weight_mask(self, k: int) -> np.ndarray | None:
+        """(K, N) block-diagonal mask of the devices holding weights (None without groups)."""
+        if self.groups == 1:
+            return None
+        g = self.groups
+        return np.kron(np.eye(g, dtype=bool), np.ones((k // g, self.out_channels // g), bool))
+
+    def matrix_input(self, a, workspace=None):
+        sq = self.square
+        if sq is not None and a.dtype == np.float32:
+            return im2col(a, *sq, workspace)
+        ho, wo = self.out_hw(a.shape[1], a.shape[2])
+        return im2col_general(a, self.kernel_shape, self.strides, self.pads, self.dilations, ho, wo)
+
+    def matmul(self, cols, params):
+        if self.groups == 1:
+            return cols @ self.weight_matrix(params)
+        w = self.weight(params)
+        return _grouped(cols, w.reshape(w.shape[0], -1), self.groups)
+
+    def multiply(self, cols, matrix):
+        if self.groups == 1:
+            return cols @ matrix
+        g = self.groups
+        kg, ng = matrix.shape[0] // g, matrix.shape[1] // g
+        idx = np.arange(g)
+        blocks = matrix.reshape(g, kg, g, ng)[idx, :, idx, :]            # (G, Kg, Ng)
+        return _grouped(cols, blocks.transpose(0, 2, 1).reshape(g * ng, kg), g)
+
+    def matrix_output(self, out, a):
+        ho, wo = self.out_hw(a.shape[1], a.shape[2])
+        return out.reshape(a.shape[0], ho, wo, self.out_channels)
+
+    def _train_cols(self, a: np.ndarray, ho: int, wo: int, workspace: Workspace) -> np.ndarray:
+        sq = self.square
+        if sq is not None and a.dtype == np.float32:
+            from ..kernels import im2col_into
+            k, s, p = sq
+            shape = (a.shape[0] * ho * wo, a.shape[3] * k * k)
+            return im2col_into(a, k, s, p, ho, wo, workspace.get("cols/" + self.name, shape))
+        return np.ascontiguousarray(im2col_general(a, self.kernel_shape, self.strides, self.pads,
+                                                   self.dilations, ho, wo))
+
+    def _forward_train(self, a, run):
+        ho, wo = self.out_hw(a.shape[1], a.shape[2])
+        w2 = self._train_weight(run)                                     # (O, K/G)
+        cols = self._train_cols(a, ho, wo, run.workspace)
+        if self.groups == 1:
+            buf = run.workspace.get("out/" + self.name, (cols.shape[0], self.out_channels),
+                                    run.dtype)          # reused: no page faults per batch
+            out = np.matmul(cols, w2.T, out=buf)
+        else:
+            out = _grouped(cols, w2, self.groups)
+        out = out.reshape(a.shape[0], ho, wo, self.out_channels)
+        if self.bias:
+            out = out + run.param(self, "bias")
+        run.tape.saved[self.name] = (cols, w2, a.shape)
+        return out
+
+    def backward(self, g, saved, need, run):
+        cols, w2, in_shape = saved
+        g2 = g.reshape(-1, w2.shape[0])                                   # (P, O)
+        wshape = (self.out_channels, in_shape[3] // self.groups) + self.kernel_shape
+        grads = {}
+        if self.groups == 1:
+            # (cols.T @ g2).T, not g2.T @ cols: OpenBLAS is several times slower on the latter
+            grads["weight"] = np.ascontiguousarray((cols.T @ g2).T).reshape(wshape)
+        else:
+            gr, p = self.groups, cols.shape[0]
+            kg, ng = cols.shape[1] // gr, w2.shape[0] // gr
+            xg = cols.reshape(p, gr, kg).transpose(1, 2, 0)               # (G, Kg, P)
+            gg = g2.reshape(p, gr, ng).transpose(1, 0, 2)                 # (G, P, Ng)
+            grads["weight"] = np.matmul(xg, gg).transpose(0, 2, 1).reshape(wshape)
+        if self.bias:
+            grads["bias"] = g2.sum(axis=0)
+        if not need[0]:
+            return [None], grads
+        ho, wo = g.shape[1], g.shape[2]
+        sq = self.square
+        if self.groups == 1:
+            dcols = np.matmul(g2, w2, out=run.workspace.get("dcols", cols.shape, g2.dtype))
+        else:
+            gr, p = self.groups, cols.shape[0]
+            ng, kg = w2.shape[0] // gr, w2.shape[1]
+            dcols = np.matmul(g2.reshape(p, gr, ng).transpose(1, 0, 2), w2.reshape(gr, ng, kg))
+            dcols = np.ascontiguousarray(dcols.transpose(1, 0, 2).reshape(p, gr * kg))
+        if sq is not None:
+            from ..kernels import col2im_into
+            dx = run.workspace.get("dx/" + self.name, in_shape, dcols.dtype)
+            col2im_into(dcols, sq[0], sq[1], sq[2], dx)
+        else:
+            dx = col2im_general(dcols, in_shape, self.kernel_shape, self.strides, self.pads,
+                                self.dilations, ho, wo)
+        return [dx], grads
+
+    def input_row_needed(self, r, in_index, in_shape):
+        return r * self.strides[0] - self.pads[0] + self.dilations[0] * (self.kernel_shape[0] - 1)
+
+    def input_row_first(self, r, in_index, in_shape):
+        return r * self.strides[0] - self.pads[0]
+
+    @classmethod
+    def from_onnx(cls, node):
+        node.need_rank(0, 4)
+        w = node.constant(1, "weight")
+        if w.ndim != 4:
+            node.unsupported(f"only 2-D convolutions are supported (weight of rank {w.ndim})")
+        a = node.attrs
+        kernel = tuple(a.get("kernel_shape", w.shape[2:]))
+        if kernel != tuple(w.shape[2:]):
+            node.bad_initializer(1, w.shape, f"(O, C/group, {kernel[0]}, {kernel[1]})")
+        strides = tuple(a.get("strides", (1, 1)))
+        dilations = tuple(a.get("dilations", (1, 1)))
+        pads = node.spatial_pads(kernel, strides, dilations)
+        bias = node.optional_constant(2, "bias")
+        layer = cls(node.name, (node.activation(0),), out_channels=int(w.shape[0]),
+                    kernel=kernel, stride=strides, padding=pads, dilation=dilations,
+                    groups=int(a.get("group", 1)), bias=bias is not None)
+        node.param("weight", 1, w)
+        if bias is not None:
+            node.param("bias", 2, bias)
+        return layer
+
+
+@dataclass(frozen=True)
+class Linear(MatrixLayer):
+    """Fully connected: weights ``(out, in)`` (PyTorch layout), optional bias; the input is
+    flattened as it is laid out (put a Flatten before it for PyTorch's C, H, W order)."""
+    kind: ClassVar[str] = "linear"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("Gemm", "MatMul")
+
+    def check(self):
+        return None if self.out_channels >= 1 else "out_channels must be positive"
+
+    def infer(self, in_shapes):
+        return (self.out_channels,)
+
+    def param_specs(self, in_shapes):
+        specs = [ParamSpec("weight", (self.out_channels, int(np.prod(in_shapes[0]))), True, "he")]
+        if self.bias:
+            specs.append(ParamSpec("bias", (self.out_channels,)))
+        return specs
+
+    def matrix_view(self, in_shape, out_shape) -> MatrixView:
+        return MatrixView(int(np.prod(in_shape)), self.out_channels, 1, 1)
+
+    def _forward_train(self, a, run):
+        w2 = self._train_weight(run)
+        cols = a.reshape(a.shape[0], -1)
+        out = cols @ w2.T
+        if self.bias:
+            out = out + run.param(self, "bias")
+        run.tape.saved[self.name] = (cols, w2, a.shape)
+        return out
+
+    def backward(self, g, saved, need, run):
+        cols, w2, in_shape = saved
+        g2 = g.reshape(-1, w2.shape[0])
+        grads = {"weight": np.ascontiguousarray((cols.T @ g2).T).reshape(w2.shape)}
+        if self.bias:
+            grads["bias"] = g2.sum(axis=0)
+        if not need[0]:
+            return [None], grads
+        dcols = np.matmul(g2, w2, out=run.workspace.get("dcols", cols.shape, g2.dtype))
+        return [dcols.reshape(in_shape).copy()], grads
+
+    def input_row_needed(self, r, in_index, in_shape):
+        return None
+
+    @classmethod
+    def from_onnx(cls, node):
+        node.need_rank(0, 2, "a 2-D (N, features) input (add a Flatten)")
+        a = node.attrs
+        w = node.constant(1, "weight")
+        if w.ndim != 2:
+            node.bad_initializer(1, w.shape, "a 2-D matrix")
+        bias = None
+        if node.op == "Gemm":
+            if a.get("transA", 0):
+                node.unsupported("transA=1 (the input must be (N, features))")
+            if not a.get("transB", 0):
+                w = w.T                                   # (in, out) -> PyTorch (out, in)
+            w = w * np.float32(a.get("alpha", 1.0))
+            c = node.optional_constant(2, "bias")
+            if c is not None:
+                if c.size not in (1, w.shape[0]) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
+                    node.bad_initializer(2, c.shape, f"({w.shape[0]},) or a scalar")
+                bias = np.broadcast_to(c.reshape(-1), (w.shape[0],)) * np.float32(a.get("beta", 1.0))
+        else:
+            w = w.T
+        layer = cls(node.name, (node.activation(0),), out_channels=int(w.shape[0]),
+                    bias=bias is not None)
+        node.param("weight", 1, w)
+        if bias is not None:
+            node.param("bias", 2, bias)
+        return layer

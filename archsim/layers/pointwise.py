@@ -1,0 +1,235 @@
+"""Per-element and per-channel kinds: BatchNorm and the activations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .base import Layer, ParamSpec
+from .ops import batchnorm_affine
+
+
+@dataclass(frozen=True)
+class BatchNorm(Layer):
+    """Batch normalization over the last (channel) axis; eval mode uses the running statistics."""
+    eps: float = 1e-5
+
+    kind: ClassVar[str] = "batchnorm"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("BatchNormalization",)
+    timing: ClassVar[str] = "fused"         # the affine unit / systolic output stage
+    has_running_stats: ClassVar[bool] = True
+
+    def check(self):
+        return None if self.eps > 0 else "eps must be positive"
+
+    def param_specs(self, in_shapes):
+        c = (in_shapes[0][-1],)
+        return [ParamSpec("weight", c, True, "ones"), ParamSpec("bias", c, True, "zeros"),
+                ParamSpec("running_mean", c, False, "zeros"),
+                ParamSpec("running_var", c, False, "ones")]
+
+    def forward(self, xs, run):
+        a = xs[0]
+        if run.tape is None:
+            if run.batchnorm is not None:
+                return run.batchnorm(self, a)
+            scale, offset = batchnorm_affine(run.params, self.name, self.eps)
+            return a * scale + offset
+        dtype = run.dtype
+        gamma = run.param(self, "weight")
+        beta = run.param(self, "bias")
+        axes = tuple(range(a.ndim - 1))
+        if run.batch_statistics:
+            count = a.size // a.shape[-1]
+            mean = a.mean(axis=axes)
+            var = a.var(axis=axes, mean=mean.reshape((1,) * len(axes) + (-1,)))
+            run.tape.batch_stats[self.name] = (mean, var * count / max(count - 1, 1))
+        else:
+            mean = run.param(self, "running_mean")
+            var = run.param(self, "running_var")
+        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(dtype)
+        xhat = (a - mean) * inv_std
+        run.tape.saved[self.name] = (xhat, inv_std, gamma, run.batch_statistics)
+        return xhat * gamma + beta
+
+    def backward(self, g, saved, need, run):
+        xhat, inv_std, gamma, train = saved
+        axes = tuple(range(g.ndim - 1))
+        grads = {"bias": g.sum(axis=axes), "weight": (g * xhat).sum(axis=axes)}
+        if train:
+            count = g.size // g.shape[-1]
+            dxhat = g * gamma
+            dx = (inv_std / count) * (count * dxhat - dxhat.sum(axis=axes)
+                                      - xhat * (dxhat * xhat).sum(axis=axes))
+        else:
+            dx = g * (gamma * inv_std)
+        return [dx.astype(g.dtype, copy=False)], grads
+
+    @classmethod
+    def from_onnx(cls, node):
+        if node.attrs.get("training_mode", 0):
+            node.unsupported("training_mode=1 (export the model in eval mode)")
+        layer = cls(node.name, (node.activation(0),), eps=float(node.attrs.get("epsilon", 1e-5)))
+        for i, role in enumerate(("weight", "bias", "running_mean", "running_var"), start=1):
+            node.param(role, i, node.constant(i, role))
+        return layer
+
+
+@dataclass(frozen=True)
+class Elementwise(Layer):
+    """A one-input elementwise activation: ``fn`` and its derivative ``grad`` (from the input and
+    the output)."""
+
+    def fn(self, a: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def grad(self, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, xs, run):
+        out = self.fn(xs[0])
+        if run.tape is not None:
+            run.tape.saved[self.name] = (self.grad(xs[0], out),)
+        return out
+
+    def backward(self, g, saved, need, run):
+        return [g * saved[0]], {}
+
+    @classmethod
+    def from_onnx(cls, node):
+        return cls(node.name, (node.activation(0),), **cls.onnx_attrs(node))
+
+    @classmethod
+    def onnx_attrs(cls, node) -> dict:
+        return {}
+
+
+@dataclass(frozen=True)
+class Relu(Elementwise):
+    kind: ClassVar[str] = "relu"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("Relu",)
+    timing: ClassVar[str] = "fused"          # a sign test in the producer's output write
+
+    def fn(self, a):
+        return np.maximum(a, 0)
+
+    def grad(self, a, out):
+        return out > 0
+
+
+@dataclass(frozen=True)
+class Clip(Elementwise):
+    """Clamp to [min, max] (ReLU6: 0, 6)."""
+    min: float = -math.inf
+    max: float = math.inf
+
+    kind: ClassVar[str] = "clip"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("Clip",)
+    timing: ClassVar[str] = "fused"          # two compares in the producer's output write
+
+    def check(self):
+        return None if self.min <= self.max else f"min {self.min} > max {self.max}"
+
+    def fn(self, a):
+        return np.clip(a, a.dtype.type(self.min), a.dtype.type(self.max))
+
+    def grad(self, a, out):
+        return (a > self.min) & (a < self.max)
+
+    @classmethod
+    def onnx_attrs(cls, node):
+        lo = node.optional_constant(1, "min")
+        hi = node.optional_constant(2, "max")
+        for v, what in ((lo, "min"), (hi, "max")):
+            if v is not None and v.size != 1:
+                node.unsupported(f"{what} must be a scalar, got shape {v.shape}")
+        return {"min": -math.inf if lo is None else float(lo.reshape(())),
+                "max": math.inf if hi is None else float(hi.reshape(()))}
+
+
+@dataclass(frozen=True)
+class LeakyRelu(Elementwise):
+    alpha: float = 0.01
+
+    kind: ClassVar[str] = "leakyrelu"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("LeakyRelu",)
+    timing: ClassVar[str] = "fused"
+
+    def fn(self, a):
+        return np.where(a >= 0, a, a * a.dtype.type(self.alpha))
+
+    def grad(self, a, out):
+        return np.where(a >= 0, a.dtype.type(1), a.dtype.type(self.alpha))
+
+    @classmethod
+    def onnx_attrs(cls, node):
+        return {"alpha": float(node.attrs.get("alpha", 0.01))}
+
+
+@dataclass(frozen=True)
+class Sigmoid(Elementwise):
+    kind: ClassVar[str] = "sigmoid"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("Sigmoid",)
+
+    def fn(self, a):
+        half = a.dtype.type(0.5)
+        return half + half * np.tanh(half * a)
+
+    def grad(self, a, out):
+        return out * (1 - out)
+
+
+@dataclass(frozen=True)
+class Tanh(Elementwise):
+    kind: ClassVar[str] = "tanh"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("Tanh",)
+
+    def fn(self, a):
+        return np.tanh(a)
+
+    def grad(self, a, out):
+        return 1 - out * out
+
+
+@dataclass(frozen=True)
+class HardSigmoid(Elementwise):
+    """clip(alpha * x + beta, 0, 1)."""
+    alpha: float = 0.2
+    beta: float = 0.5
+
+    kind: ClassVar[str] = "hardsigmoid"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("HardSigmoid",)
+
+    def fn(self, a):
+        t = a.dtype.type
+        return np.clip(a * t(self.alpha) + t(self.beta), t(0), t(1))
+
+    def grad(self, a, out):
+        z = a * self.alpha + self.beta
+        return np.where((z > 0) & (z < 1), a.dtype.type(self.alpha), a.dtype.type(0))
+
+    @classmethod
+    def onnx_attrs(cls, node):
+        return {"alpha": float(node.attrs.get("alpha", 0.2)),
+                "beta": float(node.attrs.get("beta", 0.5))}
+
+
+@dataclass(frozen=True)
+class HardSwish(Elementwise):
+    """x * clip(x / 6 + 1/2, 0, 1)."""
+    kind: ClassVar[str] = "hardswish"
+    onnx_ops: ClassVar[tuple[str, ...]] = ("HardSwish",)
+
+    def vector_ops(self, in_shapes, out_shape, row_values):
+        return 2 * row_values                  # the hard sigmoid and the product
+
+    def fn(self, a):
+        t = a.dtype.type
+        return a * np.clip(a / t(6) + t(0.5), t(0), t(1))
+
+    def grad(self, a, out):
+        t = a.dtype.type
+        return np.where(a >= 3, t(1), np.where(a <= -3, t(0), (2 * a + 3) / t(6)))

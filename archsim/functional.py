@@ -31,7 +31,7 @@ from .datasets import Dataset
 from .mapping import LayerMapping, Mapping
 from .network import Layer, Network, Workspace, batchnorm_affine, forward, matrix_input
 from .pcm import PCMModel, targets
-from .progress import Progress
+from .progress import Progress, format_time_s
 
 DEFAULT_TIMES_S = (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
 COMPENSATIONS = ("none", "gdc", "gdc+adabs")
@@ -488,8 +488,9 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                         if comp == "gdc+adabs":
                             bn = adabs(state, calib_set, gdc=True, batch_size=batch_size,
                                        noise_rng=noise_rng)
-                            bar.advance(n_calib, f"{mp.chip.mapping.policy} chip {k} t={t:g}s adabs")
-                        note = f"{mp.chip.mapping.policy} chip {k} t={t:g}s {comp}"
+                            bar.advance(n_calib, f"{mp.chip.mapping.policy} chip {k} at "
+                                                 f"{format_time_s(t)} adabs")
+                        note = f"{mp.chip.mapping.policy} chip {k} at {format_time_s(t)} {comp}"
                         correct = _count_correct(
                             lambda xb: analog_forward(state, xb, gdc=gdc, bn=bn, workspace=ws,
                                                       noise_rng=noise_rng),

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import config as cfg
-from .atomic import atomic_write_bytes
-from .datasets import Dataset, load_cifar10, load_digits_split
+from .atomic import write_file
+from .datasets import Dataset, check_dataset, load_cifar10, load_digits_split, read_npz
 from .errors import ConfigError, DataError, WorkloadError
 from .network import BUILTIN_NETWORKS, Network
 
@@ -38,14 +37,14 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class WorkloadSpec:
     name: str = cfg.spec("workload")
-    network: str = cfg.spec("digits_cnn", choices=tuple(BUILTIN_NETWORKS))
+    network: str = cfg.spec("digits_cnn", choices=tuple(BUILTIN_NETWORKS), required=True)
     weights: str | None = cfg.spec(None, doc=".npz of float32 arrays with PyTorch names")
     dataset: DatasetSpec = cfg.spec(factory=DatasetSpec)
 
 
 @dataclass(frozen=True)
 class WorkloadFile:
-    workload: WorkloadSpec = cfg.spec(factory=WorkloadSpec)
+    workload: WorkloadSpec = cfg.spec(factory=WorkloadSpec, required=True)
 
 
 @dataclass(frozen=True)
@@ -71,14 +70,18 @@ class Workload:
         return load_weights(self.network, Path(path))
 
     def dataset(self, split: str = "test") -> Dataset:
+        """The test or training images, checked against the network (input shape, classes)."""
         ds = self.spec.dataset
         if ds.name == "digits":
-            return load_digits_split(split, ds.mean, ds.std)
-        name = ds.test if split == "test" else ds.train
-        if name is None:
-            raise ConfigError(self.file, f"workload.dataset.{split}", "no file given for the "
-                              f"{split} images")
-        return load_cifar10(self.find(name), split, ds.mean, ds.std)
+            data = load_digits_split(split, ds.mean, ds.std)
+        else:
+            name = ds.test if split == "test" else ds.train
+            if name is None:
+                raise ConfigError(self.file, f"workload.dataset.{split}", "no file given for the "
+                                  f"{split} images")
+            data = load_cifar10(self.find(name), split, ds.mean, ds.std)
+        return check_dataset(data, self.network.input_shape, self.network.num_classes,
+                             self.network.name)
 
 
 def user_cache_dir() -> Path:
@@ -95,7 +98,7 @@ def find_data_file(name: str, data_dir: str | Path | None = None,
             if folder:
                 candidates.append(Path(folder) / name)
     for path in candidates:
-        if path.exists():
+        if cfg.path_exists(path):
             return path
     looked = ", ".join(str(p.parent) for p in candidates[1:]) or "(no folders)"
     raise DataError(f"{name}: data file not found (looked in the working directory and {looked}; "
@@ -103,21 +106,46 @@ def find_data_file(name: str, data_dir: str | Path | None = None,
 
 
 def load_weights(network: Network, path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            raw = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such weights file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz weights file ({exc})") from None
-    return network.check_params(raw, str(path))
+    """The network's parameters from an ``.npz``: names and shapes checked by the network, values
+    here (numbers only, finite within float32's range, BatchNorm variances >= 0)."""
+    raw = read_npz(path, "weights file")
+    for name, value in raw.items():
+        if value.dtype.kind not in "fiu":
+            raise DataError(f"{path}: array {name!r} has dtype {value.dtype}, expected numbers")
+    return check_weight_values(network.check_params(check_weight_values(raw, str(path)), str(path)),
+                               str(path))
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_weight_values(params: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """NaN or infinite values, values beyond float32's range (they would become infinite) and
+    negative BatchNorm variances are a :class:`DataError` naming the parameter; they used to run
+    at chance accuracy with warnings. Returns ``params``."""
+    for name, value in params.items():
+        if value.dtype.kind != "f" or not value.size:
+            continue
+        finite = np.isfinite(value)
+        if not finite.all():
+            bad = value.size - int(np.count_nonzero(finite))
+            raise DataError(f"{source}: parameter {name!r} has {bad} NaN or infinite value"
+                            f"{'s' if bad != 1 else ''}")
+        largest = float(np.abs(value).max())
+        if largest > FLOAT32_MAX:
+            raise DataError(f"{source}: parameter {name!r} has values beyond the float32 range "
+                            f"(|w| up to {largest:.3g})")
+        if name.endswith("running_var") and value.min() < 0:
+            raise DataError(f"{source}: parameter {name!r} is a variance but has negative values "
+                            f"(min {float(value.min()):g})")
+    return params
 
 
 def save_weights(params: dict[str, np.ndarray], path: str | Path) -> None:
     """Write weights (.npz of float32 arrays) atomically."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in params.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    write_file(path, buf.getvalue(), "weights file")
 
 
 def resolve_workload_path(name_or_path: str | Path | None) -> Path:

@@ -109,10 +109,10 @@ def check_output_file(path: str | Path, option: str | None = None) -> Path:
     """``path`` can be (re)written atomically: it is not a folder and its folder (or the nearest
     existing one above it) accepts new files. ``option`` (e.g. ``--update``) prefixes the error."""
     label = _label(option)
+    if str(path) in ("", "."):
+        raise OutputError(f"{label}{str(path)!r}: expected a file name")
     try:
         path = Path(path)
-        if str(path) in ("", "."):
-            raise OutputError(f"{label}{path}: expected a file name")
         if path.is_dir():
             raise OutputError(f"{label}{path}: is a folder, expected a file")
         folder = path.parent if path.parent.exists() else _existing_ancestor(path)
@@ -149,11 +149,11 @@ def check_output_dir(path: str | Path, option: str | None = None) -> Path:
     earlier archsim set (files it would replace), and its parent accepts new entries. Returns the
     path with a symbolic link to a folder resolved (the set is swapped in where the link points)."""
     label = _label(option)
+    if str(path) in ("", "."):
+        raise OutputError(f"{label}{str(path)!r}: expected a folder name (the set is swapped in "
+                          "as a whole, so not the working directory itself)")
     try:
         path = Path(path)
-        if str(path) in ("", "."):
-            raise OutputError(f"{label}{path}: expected a folder name (the set is swapped in as a "
-                              "whole, so not the working directory itself)")
         if path.is_symlink() and path.is_dir():
             path = path.resolve()
         if path.exists():

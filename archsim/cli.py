@@ -392,23 +392,26 @@ def _dispatch(args) -> int:
                 raise ConfigError(None, "", f"expected {', '.join(POLICIES)}, got {bad[0]!r}",
                                   where=f"--accuracy-mappings {args.accuracy_mappings}")
         overrides = _parse_set(args.set)
-        if args.out:
+        if args.out is not None:
             check_output_dir(args.out, "--out")       # before the simulation, not after it
         result = simulate.run(args.chip, args.workload, accuracy_policies=policies,
                               **_run_kwargs(args, overrides))
         report = result.report()
-        written = rep.write_report(report, args.out) if args.out else []
+        written = rep.write_report(report, args.out) if args.out is not None else []
         emit(rep.terminal_report(report))
         for path in written:
             note(f"wrote {path}")
         return EXIT_OK
     if args.command == "compare":
         kwargs = _run_kwargs(args, _parse_set(args.set))
-        if args.out:
+        for chip in (args.chip_a, args.chip_b):       # chip B's mistakes before chip A's run
+            simulate.load_mapping(chip, args.workload, overrides=kwargs["overrides"],
+                                  policy=args.mapping, data_dir=args.data)
+        if args.out is not None:
             check_output_dir(args.out, "--out")
         a = simulate.run(args.chip_a, args.workload, **kwargs).report()
         b = simulate.run(args.chip_b, args.workload, **kwargs).report()
-        written = rep.write_compare(a, b, args.out) if args.out else []
+        written = rep.write_compare(a, b, args.out) if args.out is not None else []
         emit(rep.compare_table(a, b))
         for path in written:
             note(f"wrote {path}")

@@ -91,7 +91,7 @@ class ArrayConfig:
 
 @dataclass(frozen=True)
 class DacConfig:
-    bits: int = spec(8, lo=1, hi=16)
+    bits: int = spec(8, lo=2, hi=16, doc="signed: 2^(bits-1) - 1 levels per side, so at least 2")
     encoding: str = spec("pwm", choices=("pwm", "bit-serial"))
     t_lsb_ns: float = spec(1.0, lo=0, lo_open=True, hi=1e6, why=_SLOW, doc="PWM time per input LSB")
     phases: int = spec(1, lo=1, hi=16, doc="PWM phases per MVM (e.g. 4 on HERMES for accuracy)")
@@ -102,7 +102,7 @@ class DacConfig:
 
 @dataclass(frozen=True)
 class AdcConfig:
-    bits: int = spec(8, lo=1, hi=16)
+    bits: int = spec(8, lo=2, hi=16, doc="signed: 2^(bits-1) - 1 levels per side, so at least 2")
     per_tile: int = spec(512, lo=1, hi=65536, why="16 arrays of 4,096 columns",
                          doc="ADCs per tile, shared among the active columns")
     conversion_ns: float = spec(1.0, lo=0, lo_open=True, hi=1e6, why=_SLOW)
@@ -235,6 +235,13 @@ class ChipConfig:
     # Where each leaf value came from: yaml path -> "file:line (# source: ...)". Not part of equality.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     file: str = field(default="<defaults>", compare=False)
+    # the --set PATH=VALUE arguments applied on top of the file, as typed
+    overrides: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def origin(self) -> str:
+        """Where the chip came from, for messages: the file, and the --set arguments on top."""
+        return self.file + "".join(f" with --set {o}" for o in self.overrides)
 
     def with_mapping(self, policy: str | None = None, overrides: Mapping[str, str] | None = None
                      ) -> "ChipConfig":
@@ -325,7 +332,7 @@ def load_chip(name_or_path: str | Path | None = None, overrides: Mapping[str, An
             raise _override_error(exc, dotted, value, text) from None
         sources[dotted] = f"override {dotted}={value!r}"
     try:
-        top = _build(ChipConfig, data, str(path), "", sources, skip=("sources", "file"))
+        top = _build(ChipConfig, data, str(path), "", sources, skip=("sources", "file", "overrides"))
     except ConfigError as exc:
         for dotted, value in overrides.items():
             if _within(exc.yaml_path, dotted) or _within(dotted, exc.yaml_path):
@@ -335,7 +342,9 @@ def load_chip(name_or_path: str | Path | None = None, overrides: Mapping[str, An
         if where and where != exc.file:
             raise ConfigError(where, exc.yaml_path, exc.message, exc.line) from None
         raise
-    return dataclasses.replace(top, sources=types.MappingProxyType(dict(sources)), file=str(path))
+    return dataclasses.replace(top, sources=types.MappingProxyType(dict(sources)), file=str(path),
+                               overrides=tuple(format_override(d, v, text)
+                                               for d, v in overrides.items()))
 
 
 def _within(path: str, prefix: str) -> bool:

@@ -165,9 +165,13 @@ def load_golden(path: str | Path) -> dict:
     from .config import path_exists, read_text
     from .errors import ConfigError
     from .simulate import MAX_INFERENCES
+    if str(path) in ("", "."):
+        raise DataError(f"{str(path)!r}: expected a golden file name")
     path = Path(path)
     if not path_exists(path) and not path.is_symlink():
         raise DataError(f"{path}: golden file not found (create it with --update)")
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, expected a golden file")
     try:
         text = read_text(path, "golden file", limit_bytes=256 * 1024 * 1024)
     except ConfigError as exc:

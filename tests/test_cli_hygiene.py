@@ -181,3 +181,12 @@ def test_terminal_output_has_one_line_legends(capsys):
     assert "stall:" in rep.TIMING_LEGEND
     assert "(20 test images, 1 programmed chip, 20 AdaBS calibration images), %:" in "\n".join(lines)
     assert not any("± 0.00" in line for line in lines)
+
+
+def test_readme_slow_claim_holds():
+    """README: `python -m pytest -m slow` runs the long checks; it used to select nothing."""
+    readme = (REPO / "README.md").read_text()
+    assert "python -m pytest -m slow" in readme
+    marked = [p.name for p in (REPO / "tests").glob("test_*.py")
+              if "@pytest.mark.slow" in p.read_text()]
+    assert {"test_workloads.py", "test_slow_reproduction.py"} <= set(marked)

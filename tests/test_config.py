@@ -374,7 +374,7 @@ def test_wrong_type(tmp_path, yaml_text, path, expected):
 
 
 @pytest.mark.parametrize("yaml_text, path, expected", [
-    ("chip:\n  tiles:\n    adc:\n      bits: 0\n", "chip.tiles.adc.bits", "expected a value >= 1, got 0"),
+    ("chip:\n  tiles:\n    adc:\n      bits: 1\n", "chip.tiles.adc.bits", "expected a value >= 2, got 1"),
     ("chip:\n  tiles:\n    adc:\n      bits: 17\n", "chip.tiles.adc.bits",
      "expected a value <= 16, got 17"),
     ("chip:\n  clock_mhz: 0\n", "chip.clock_mhz", "expected a value > 0, got 0.0"),

@@ -91,7 +91,7 @@ def field_value(tp, f) -> st.SearchStrategy:
 def schema_doc(cls) -> st.SearchStrategy:
     hints = typing.get_type_hints(cls)
     optional = {f.name: field_value(hints[f.name], f) for f in dataclasses.fields(cls)
-                if f.name not in ("sources", "file")}
+                if f.name not in ("sources", "file", "overrides")}
     return st.fixed_dictionaries({}, optional=optional)
 
 
@@ -138,15 +138,28 @@ def test_generated_chip_documents_load_or_raise_archsim_errors(doc):
     "chip.interconnect.hop_latency_cycles": st.integers(0, 10),
     "chip.clock_mhz": st.floats(1e-3, 1e5), "chip.tiles.buffer.bytes_per_cycle": st.floats(1e-3, 1e3),
     "mapping.policy": st.sampled_from(["hybrid", "all-digital", "all-analog"]),
-    "mapping.time_multiplex": st.booleans()}))
-def test_valid_chips_simulate_or_raise_archsim_errors(overrides):
-    """Valid but odd chips through mapping, timing and accounting (no accuracy: too slow)."""
+    "mapping.time_multiplex": st.booleans(),
+    "chip.tiles.dac.bits": st.integers(2, 16), "chip.tiles.adc.bits": st.integers(2, 16),
+    "chip.tiles.adc.output_bound": st.floats(1e-3, 1e3), "chip.tiles.adc.output_noise": st.floats(0, 10),
+    "chip.device.model": st.sampled_from(["pcm", "ideal"]),
+    "chip.device.g_max_us": st.floats(1e-3, 1e4),
+    "chip.device.programming_noise_scale": st.floats(0, 100),
+    "chip.device.drift_scale": st.floats(0, 100),
+    "chip.device.weight_scaling": st.sampled_from(["per-array", "per-column"]),
+    "chip.tiles.calibration.gdc_input": st.sampled_from(["one-hot", "all-ones"])}),
+    st.booleans())
+def test_valid_chips_simulate_or_raise_archsim_errors(overrides, accuracy):
+    """Valid but odd chips through mapping, timing, accounting and (on a few images) the
+    accuracy simulation."""
     from archsim import simulate
     try:
-        simulate.run("pcm_hybrid", "digits_cnn", overrides=overrides, accuracy=False,
-                     inferences=2, progress=False)
+        result = simulate.run("pcm_hybrid", "digits_cnn", overrides=overrides, accuracy=accuracy,
+                              inferences=2, progress=False, seeds=1, times_s=(86400.0,),
+                              test_images=5, calib_images=5)
     except ArchsimError:
-        pass
+        return
+    report = result.report()
+    assert report["timing"]["latency_cycles"] > 0
 
 
 @FAST
@@ -181,7 +194,7 @@ def test_generated_workload_documents(doc):
 def _paths(cls, prefix=""):
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in ("sources", "file"):
+        if f.name in ("sources", "file", "overrides"):
             continue
         path = f"{prefix}{f.name}"
         yield path

@@ -94,6 +94,12 @@ def test_empty_chip_file_is_an_error(tmp_path, capsys, no_simulation, source):
     assert_error(code, err, str(f), needle)
 
 
+def test_compare_checks_chip_b_before_simulating_chip_a(tmp_path, capsys, no_simulation):
+    f = chip_file(tmp_path, "extends: pcm_hybrid\nchip:\n  tiles:\n    count: -1\n")
+    code, _, err = cli(capsys, "compare", "pcm_hybrid", f, "--quiet")
+    assert_error(code, err, f"{f}:4: chip.tiles.count: expected a value >= 0, got -1")
+
+
 def test_a_chip_file_that_extends_needs_nothing_else(tmp_path):
     assert load_chip(chip_file(tmp_path, "extends: hermes\n")) == load_chip("hermes")
 

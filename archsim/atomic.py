@@ -15,14 +15,17 @@ write leaves the previous file or set as it was and removes its temporary files.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Mapping
 
@@ -227,6 +230,30 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err))
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C and SIGTERM wait until the block is done (the swap of two folders must not stop
+    half-way), then act as they would have. Python runs signal handlers in the main thread only,
+    so replacing the handlers is enough whatever threads numba or BLAS started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if pending:
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)        # e.g. raises KeyboardInterrupt
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(pending[0])  # the default action
+
+
 def _write_member(folder: Path, name: str, data: bytes) -> None:
     target = folder / name
     if target.parent != folder:
@@ -265,19 +292,20 @@ def write_output_set(out_dir: str | Path, files: Mapping[str, bytes],
         _write_member(tmp, MARKER, (json.dumps({"format": "archsim-output-set",
                                                 "files": sorted(files)}, indent=1) + "\n").encode())
         os.chmod(tmp, 0o777 & ~_UMASK)
-        if not target.exists():
-            os.rename(tmp, target)
-        elif _exchange(tmp, target):
-            old, tmp = tmp, None             # tmp now holds the previous set
-        else:
-            old = Path(tempfile.mkdtemp(prefix=stem, suffix=".old", dir=parent))
-            os.rename(target, old / "set")
-            try:
+        with _signals_deferred():
+            if not target.exists():
                 os.rename(tmp, target)
-            except BaseException:
-                os.rename(old / "set", target)
-                raise
-        tmp = None
+            elif _exchange(tmp, target):
+                old = tmp                    # it now holds the previous set
+            else:
+                old = Path(tempfile.mkdtemp(prefix=stem, suffix=".old", dir=parent))
+                os.rename(target, old / "set")
+                try:
+                    os.rename(tmp, target)
+                except OSError:
+                    os.rename(old / "set", target)
+                    raise
+            tmp = None
     except OSError as exc:
         raise OutputError(f"{label}{target}: cannot write the output set ({_reason(exc)}); the "
                           "previous content is unchanged") from None

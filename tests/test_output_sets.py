@@ -149,3 +149,21 @@ def test_write_file_errors_are_output_errors(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputError, match="cannot write the weights file"):
         atomic.write_file(tmp_path / "f" / "w.npz", b"", "weights file")
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_ctrl_c_during_the_swap_waits_until_the_new_set_is_in_place(tmp_path, monkeypatch,
+                                                                     exchange):
+    import signal
+    out = tmp_path / "set"
+    atomic.write_output_set(out, {"a.csv": b"old"})
+    real = atomic._exchange
+
+    def interrupted(a, b):
+        os.kill(os.getpid(), signal.SIGINT)          # blocked until the swap is done
+        return real(a, b) if exchange else False
+    monkeypatch.setattr(atomic, "_exchange", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_output_set(out, {"b.csv": b"new"})
+    assert sorted(p.name for p in out.iterdir()) == [atomic.MARKER, "b.csv"]
+    assert leftovers(tmp_path, "set") == []

@@ -9,11 +9,13 @@ examples, 40x as many)."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import typing
 import zipfile
@@ -41,6 +43,7 @@ FAST = settings(max_examples=EXAMPLES or 120, deadline=None, derandomize=EXAMPLE
 SIMULATING = settings(FAST, max_examples=max(40, (EXAMPLES or 0) // 10))
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="archsim-properties-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
 
 def scratch(name: str, data: bytes) -> Path:

@@ -19,5 +19,22 @@ from .network import fp32_logits
 from .onnx_import import import_onnx
 from .simulate import CompareResult, RunResult, compare, load, load_mapping, mapping_table, run
 
-__all__ = ["import_onnx", "fp32_logits", "run", "compare", "load", "load_mapping",
+
+def _version() -> str:
+    """One source: setup.cfg's ``version``, through the installed metadata (or setup.cfg itself
+    when the package runs from a source tree without being installed)."""
+    from importlib import metadata
+    try:
+        return metadata.version("archsim")
+    except metadata.PackageNotFoundError:
+        import configparser
+        from pathlib import Path
+        cfg = configparser.ConfigParser()
+        cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+        return cfg.get("metadata", "version", fallback="0+unknown")
+
+
+__version__ = _version()
+
+__all__ = ["__version__", "import_onnx", "fp32_logits", "run", "compare", "load", "load_mapping",
            "mapping_table", "RunResult", "CompareResult"]

@@ -430,7 +430,7 @@ class AdcBank(Part):
             if self.count == 0:
                 return Figure(0.0, "no analog tiles (chip.tiles.count: 0)")
             return adc_energy_model(self.cfg.bits, self.sample_rate_hz, self.node,
-                                    "chip.tiles.adc.energy_pj", self.chip.file)
+                                    "chip.tiles.adc.energy_pj", self.chip.origin)
         return Action(self._given("chip.tiles.adc.conversion_ns", self.cfg.conversion_ns), energy)
 
     @property
@@ -448,7 +448,7 @@ class AdcBank(Part):
             return Figure(0.0, "no analog tiles (chip.tiles.count: 0)")
         return self._yaml("chip.tiles.adc.area_um2", self.cfg.area_um2,
                           lambda: adc_area_model(self.cfg.bits, self.sample_rate_hz, self.node,
-                                                 "chip.tiles.adc.area_um2", self.chip.file))
+                                                 "chip.tiles.adc.area_um2", self.chip.origin))
 
     def leakage_mw(self) -> Figure:
         return DEFAULTS["adc_leak_mw"].at(self.node)
@@ -672,7 +672,7 @@ class Router(Part):
         def energy() -> Figure:
             wire = DEFAULTS["wire_pj_per_bit_mm"]
             if ic.energy_pj_per_byte_hop is None and ic.hop_length_mm == 0:
-                raise ConfigError(self.chip.file, "chip.interconnect.energy_pj_per_byte_hop",
+                raise ConfigError(self.chip.origin, "chip.interconnect.energy_pj_per_byte_hop",
                                   "no default with chip.interconnect.hop_length_mm: 0 (the default "
                                   "is derived from the wire length per hop); set it")
             return self._yaml("chip.interconnect.energy_pj_per_byte_hop", ic.energy_pj_per_byte_hop,

@@ -6,9 +6,12 @@ Every physical field carries its unit in its name. Fields left out take the data
 energy/area figures that default to ``None`` are filled in by :mod:`archsim.components` from its
 default tables scaled to the technology node, and the report says which.
 
-Validation is driven by the dataclasses themselves (types from the annotations, ranges and choices
-from field metadata), so a field is declared exactly once. Every error names the file, the YAML path
-(``chip.tiles.adc.bits``) and what was expected; an unknown key gets the closest valid name.
+Validation is driven by the dataclasses themselves (types from the annotations; ranges, physical
+sanity limits, choices and required keys from field metadata), so a field is declared exactly once.
+Every error names the file, the YAML path (``chip.tiles.adc.bits``) and what was expected; an unknown
+key gets the closest valid name. Numbers must be finite. Files are read as UTF-8 with the YAML 1.2
+core schema (``1e9`` and ``2.5e1`` are numbers, ``010`` is ten, ``yes`` is a string) and duplicate
+keys are errors; see :func:`read_yaml`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,14 +39,23 @@ DEFAULT_CHIP = "pcm_hybrid"
 
 
 def spec(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, choices: tuple[str, ...] | None = None, doc: str = "", factory=None):
+         lo_open: bool = False, choices: tuple[str, ...] | None = None, doc: str = "", factory=None,
+         why: str = "", required: bool | str = False):
     """A dataclass field with its validation rule: ``lo <= value <= hi`` (``lo < value`` when
-    ``lo_open``), or one of ``choices``."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc}
+    ``lo_open``), or one of ``choices``. ``why`` says where ``hi`` comes from (a physical sanity
+    limit; the error message quotes it). ``required`` (True, or the reason as text): a file must give
+    the key (the default only serves the Python API)."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc, "why": why,
+            "required": required}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
+
+# Physical sanity limits shared by several fields (the error message quotes them).
+_SIDE = "largest crossbar side (IR drop and sneak paths)"
+_SLOW = "a millisecond per step"
+_WIDE = "1 MiB per cycle"
 
 # --------------------------------------------------------------------------------------------
 # The schema. Defaults are the embedded default chip (configs/pcm_hybrid.yaml states them again,
@@ -50,14 +64,15 @@ def spec(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: flo
 
 @dataclass(frozen=True)
 class ArrayConfig:
-    rows: int = spec(512, lo=1, doc="word lines (weight rows = inputs)")
-    cols: int = spec(512, lo=1, doc="bit lines (device columns)")
+    rows: int = spec(512, lo=1, hi=4096, why=_SIDE, doc="word lines (weight rows = inputs)")
+    cols: int = spec(512, lo=1, hi=4096, why=_SIDE, doc="bit lines (device columns)")
     devices_per_weight: int = spec(2, lo=1, hi=8, doc="PCM devices per weight (2 = G+/G-)")
     pair_layout: str = spec("columns", choices=("columns", "unit-cell"),
                             doc="columns: the devices of a weight sit in separate columns, so an "
                                 "array holds cols/devices_per_weight weight columns; unit-cell: "
                                 "one column per weight (the cell holds all its devices)")
-    read_time_ns: float = spec(10.0, lo=0, lo_open=True, doc="one array read (bit-serial input step)")
+    read_time_ns: float = spec(10.0, lo=0, lo_open=True, hi=1e6, why=_SLOW,
+                               doc="one array read (bit-serial input step)")
     energy_fj_per_device_read: float | None = spec(
         None, lo=0, doc="energy per device per read pass (per PWM phase / bit-serial step); "
                         "default: V_read^2 x g_max/4 x half the integration window")
@@ -76,9 +91,9 @@ class ArrayConfig:
 
 @dataclass(frozen=True)
 class DacConfig:
-    bits: int = spec(8, lo=1, hi=16)
+    bits: int = spec(8, lo=2, hi=16, doc="signed: 2^(bits-1) - 1 levels per side, so at least 2")
     encoding: str = spec("pwm", choices=("pwm", "bit-serial"))
-    t_lsb_ns: float = spec(1.0, lo=0, lo_open=True, doc="PWM time per input LSB")
+    t_lsb_ns: float = spec(1.0, lo=0, lo_open=True, hi=1e6, why=_SLOW, doc="PWM time per input LSB")
     phases: int = spec(1, lo=1, hi=16, doc="PWM phases per MVM (e.g. 4 on HERMES for accuracy)")
     energy_pj_per_row: float | None = spec(None, lo=0, doc="one row driven for one MVM phase "
                                             "(x phases, or x bits when bit-serial)")
@@ -87,9 +102,10 @@ class DacConfig:
 
 @dataclass(frozen=True)
 class AdcConfig:
-    bits: int = spec(8, lo=1, hi=16)
-    per_tile: int = spec(512, lo=1, doc="ADCs per tile, shared among the active columns")
-    conversion_ns: float = spec(1.0, lo=0, lo_open=True)
+    bits: int = spec(8, lo=2, hi=16, doc="signed: 2^(bits-1) - 1 levels per side, so at least 2")
+    per_tile: int = spec(512, lo=1, hi=65536, why="16 arrays of 4,096 columns",
+                         doc="ADCs per tile, shared among the active columns")
+    conversion_ns: float = spec(1.0, lo=0, lo_open=True, hi=1e6, why=_SLOW)
     energy_pj: float | None = spec(None, lo=0, doc="one conversion (one column, one PWM phase "
                                     "or bit-serial step)")
     area_um2: float | None = spec(None, lo=0, doc="one ADC")
@@ -111,15 +127,16 @@ class AdcConfig:
 
 @dataclass(frozen=True)
 class AffineConfig:
-    lanes: int = spec(64, lo=1, doc="per-column scale+offset operations per cycle")
+    lanes: int = spec(64, lo=1, hi=65536, why="one per column of 16 arrays of 4,096 columns",
+                      doc="per-column scale+offset operations per cycle")
     energy_pj_per_op: float | None = spec(None, lo=0)
     area_um2: float | None = spec(None, lo=0)
 
 
 @dataclass(frozen=True)
 class BufferConfig:
-    kib: float = spec(64.0, lo=0, lo_open=True)
-    bytes_per_cycle: float = spec(64.0, lo=0, lo_open=True)
+    kib: float = spec(64.0, lo=0, lo_open=True, hi=1048576, why="1 GiB")
+    bytes_per_cycle: float = spec(64.0, lo=0, lo_open=True, hi=1048576, why=_WIDE)
     energy_pj_per_byte: float | None = spec(None, lo=0)
     area_um2: float | None = spec(None, lo=0)
 
@@ -138,8 +155,9 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class TileConfig:
-    count: int = spec(64, lo=0, doc="0 for an all-digital chip")
-    arrays_per_tile: int = spec(1, lo=1)
+    count: int = spec(64, lo=0, hi=100_000, why="a wafer of 1 mm2 tiles; the timing model has one "
+                       "process per tile", doc="0 for an all-digital chip")
+    arrays_per_tile: int = spec(1, lo=1, hi=1024, why="ISAAC has 96 per tile")
     double_buffered: bool = spec(True, doc="input load / integrate / convert / write overlap")
     leakage_mw: float | None = spec(None, lo=0, doc="per tile, periphery leakage")
     power_gating: bool = spec(False, doc="switch idle tiles off: tiles without mapped arrays for "
@@ -158,10 +176,13 @@ class TileConfig:
 @dataclass(frozen=True)
 class DeviceConfig:
     model: str = spec("pcm", choices=("pcm", "ideal"), doc="ideal: no noise, no drift")
-    g_max_us: float = spec(25.0, lo=0, lo_open=True)
-    read_voltage_v: float = spec(0.2, lo=0, lo_open=True)
-    t0_s: float = spec(20.0, lo=0, lo_open=True, doc="drift reference time after programming")
-    t_read_ns: float = spec(250.0, lo=0, lo_open=True, doc="read duration in the 1/f noise model")
+    g_max_us: float = spec(25.0, lo=0, lo_open=True, hi=10_000, why="a 10 kOhm device")
+    read_voltage_v: float = spec(0.2, lo=0, lo_open=True, hi=10, why="PCM reads stay far below "
+                                  "the ~1 V switching threshold")
+    t0_s: float = spec(20.0, lo=0, lo_open=True, hi=3.2e9, why="a century",
+                        doc="drift reference time after programming")
+    t_read_ns: float = spec(250.0, lo=0, lo_open=True, hi=1e9, why="one second",
+                             doc="read duration in the 1/f noise model")
     programming_noise_scale: float = spec(1.0, lo=0)
     read_noise_scale: float = spec(1.0, lo=0)
     drift_scale: float = spec(1.0, lo=0, doc="multiplies the drift exponents")
@@ -175,22 +196,22 @@ class DeviceConfig:
 
 @dataclass(frozen=True)
 class SystolicConfig:
-    rows: int = spec(32, lo=1)
-    cols: int = spec(32, lo=1)
+    rows: int = spec(32, lo=1, hi=4096, why="16 TPU v1 arrays side by side")
+    cols: int = spec(32, lo=1, hi=4096, why="16 TPU v1 arrays side by side")
     dataflow: str = spec("ws", choices=("os", "ws", "is"))
 
 
 @dataclass(frozen=True)
 class SramConfig:
-    kib: float = spec(512.0, lo=0, lo_open=True)
-    bytes_per_cycle: float = spec(128.0, lo=0, lo_open=True)
+    kib: float = spec(512.0, lo=0, lo_open=True, hi=1048576, why="1 GiB")
+    bytes_per_cycle: float = spec(128.0, lo=0, lo_open=True, hi=1048576, why=_WIDE)
     energy_pj_per_byte: float | None = spec(None, lo=0)
     area_um2_per_kib: float | None = spec(None, lo=0)
 
 
 @dataclass(frozen=True)
 class DigitalConfig:
-    units: int = spec(1, lo=0)
+    units: int = spec(1, lo=0, hi=100_000, why="as many as tiles")
     systolic: SystolicConfig = spec(factory=SystolicConfig)
     mac_energy_pj: float | None = spec(None, lo=0, doc="one FP32 multiply-add")
     mac_area_um2: float | None = spec(None, lo=0)
@@ -201,18 +222,19 @@ class DigitalConfig:
 @dataclass(frozen=True)
 class InterconnectConfig:
     kind: str = spec("mesh", choices=("mesh", "bus"))
-    bytes_per_cycle: float = spec(32.0, lo=0, lo_open=True, doc="per link")
-    hop_latency_cycles: int = spec(1, lo=0)
-    hop_length_mm: float = spec(0.5, lo=0)
+    bytes_per_cycle: float = spec(32.0, lo=0, lo_open=True, hi=1048576, why=_WIDE, doc="per link")
+    hop_latency_cycles: int = spec(1, lo=0, hi=1_000_000, why=_SLOW)
+    hop_length_mm: float = spec(0.5, lo=0, hi=300, why="a 300 mm wafer")
     energy_pj_per_byte_hop: float | None = spec(None, lo=0)
     area_um2_per_router: float | None = spec(None, lo=0)
 
 
 @dataclass(frozen=True)
 class Chip:
-    name: str = spec("pcm-hybrid-512")
+    name: str = spec("pcm-hybrid-512", required="every chip file names its chip, or extends "
+                                                 "another chip file")
     technology_nm: float = spec(14.0, lo=1, hi=500)
-    clock_mhz: float = spec(1000.0, lo=0, lo_open=True)
+    clock_mhz: float = spec(1000.0, lo=0, lo_open=True, hi=100_000, why="100 GHz")
     tiles: TileConfig = spec(factory=TileConfig)
     device: DeviceConfig = spec(factory=DeviceConfig)
     digital: DigitalConfig = spec(factory=DigitalConfig)
@@ -234,11 +256,19 @@ class MappingConfig:
 
 @dataclass(frozen=True)
 class ChipConfig:
-    chip: Chip = spec(factory=Chip)
+    chip: Chip = spec(factory=Chip, required="a chip file describes a chip, or extends "
+                                              "another chip file")
     mapping: MappingConfig = spec(factory=MappingConfig)
     # Where each leaf value came from: yaml path -> "file:line (# source: ...)". Not part of equality.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     file: str = field(default="<defaults>", compare=False)
+    # the --set PATH=VALUE arguments applied on top of the file, as typed
+    overrides: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def origin(self) -> str:
+        """Where the chip came from, for messages: the file, and the --set arguments on top."""
+        return self.file + "".join(f" with --set {o}" for o in self.overrides)
 
     def with_mapping(self, policy: str | None = None, overrides: Mapping[str, str] | None = None
                      ) -> "ChipConfig":
@@ -276,18 +306,30 @@ def _plain(obj: Any) -> Any:
 # Loading
 # --------------------------------------------------------------------------------------------
 
+def path_exists(path: str | Path) -> bool:
+    """``Path.exists`` that says False, instead of raising, for names the OS rejects (too long,
+    a NUL byte)."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_shipped(name_or_path: str | Path, package: str, folder: str, shipped: tuple[str, ...],
                     what: str) -> Path:
     """A path that exists, or the name of a file shipped in ``package`` (``pcm_hybrid``,
     ``hermes.yaml``, ``configs/hermes.yaml`` from any working directory)."""
     path = Path(name_or_path)
-    if path.exists():
+    if path_exists(path):
         return path
     stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
     if str(path.parent) in ("", ".", folder):
         candidate = resources.files(package).joinpath(stem + ".yaml")
-        if candidate.is_file():
-            return Path(str(candidate))
+        try:
+            if candidate.is_file():
+                return Path(str(candidate))
+        except (OSError, ValueError):
+            pass
     raise ConfigError(str(name_or_path), "",
                       f"no such {what} (shipped {folder}: {', '.join(shipped)})")
 
@@ -301,26 +343,99 @@ def resolve_config_path(name_or_path: str | Path | None) -> Path:
 def load_chip(name_or_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
               ) -> ChipConfig:
     """Load, merge (``extends:``) and validate a chip YAML. ``overrides`` maps dotted YAML paths to
-    values applied last (the CLI's ``--set chip.tiles.dac.phases=4``)."""
+    values applied last (the CLI's ``--set chip.tiles.dac.phases=4``); an error an override
+    causes names ``--set PATH=VALUE``, not the file."""
     path = resolve_config_path(name_or_path)
     data, sources = _load_merged(path, stack=())
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value, str(path))
+    if not data:
+        raise ConfigError(str(path), "", "empty chip file: expected a 'chip:' section (or "
+                                         "'extends: other.yaml' to start from another chip)")
+    text = getattr(overrides, "text", None)
+    overrides = dict(overrides or {})
+    for dotted, value in overrides.items():
+        try:
+            _set_dotted(data, dotted, value, str(path))
+        except ConfigError as exc:
+            raise _override_error(exc, dotted, value, text) from None
         sources[dotted] = f"override {dotted}={value!r}"
     try:
-        top = _build(ChipConfig, data, str(path), "", sources, skip=("sources", "file"))
+        top = _build(ChipConfig, data, str(path), "", sources, skip=("sources", "file", "overrides"))
     except ConfigError as exc:
+        for dotted, value in overrides.items():
+            if _within(exc.yaml_path, dotted) or _within(dotted, exc.yaml_path):
+                raise _override_error(exc, dotted, value, text) from None
         # a bad value inherited through extends: name the file its line number refers to
         where = sources.get(exc.yaml_path, "").split(" ", 1)[0].rpartition(":")[0]
         if where and where != exc.file:
             raise ConfigError(where, exc.yaml_path, exc.message, exc.line) from None
         raise
-    return dataclasses.replace(top, sources=types.MappingProxyType(dict(sources)), file=str(path))
+    return dataclasses.replace(top, sources=types.MappingProxyType(dict(sources)), file=str(path),
+                               overrides=tuple(format_override(d, v, text)
+                                               for d, v in overrides.items()))
+
+
+def _within(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or lies inside it (``a.b.c`` and ``a.b[2]`` lie inside ``a.b``)."""
+    return path == prefix or path.startswith((prefix + ".", prefix + "["))
+
+
+class SetArguments(dict):
+    """Overrides parsed from ``--set PATH=VALUE`` arguments (dotted path -> value) that remember
+    each argument as typed, so an error quotes the user's text (``1e9``, not ``1000000000.0``)."""
+
+    def __init__(self, items=(), text: Mapping[str, str] | None = None):
+        super().__init__(items)
+        self.text = dict(text or {})
+
+    @classmethod
+    def parse(cls, items) -> "SetArguments":
+        out = cls()
+        for item in items or ():
+            key, value = parse_override(item)
+            out[key] = value
+            out.text[key] = item
+        return out
+
+
+def format_override(dotted: str, value: Any, text: Mapping[str, str] | None = None) -> str:
+    """``PATH=VALUE`` as the user typed it after ``--set`` (or as they would have)."""
+    if text and dotted in text:
+        return text[dotted]
+    if isinstance(value, str):
+        return f"{dotted}={value}"
+    try:
+        return f"{dotted}={json.dumps(value)}"
+    except (TypeError, ValueError):
+        return f"{dotted}={value!r}"
+
+
+def _override_error(exc: ConfigError, dotted: str, value: Any,
+                    text: Mapping[str, str] | None = None) -> ConfigError:
+    return ConfigError(None, exc.yaml_path, exc.message,
+                       where=f"--set {format_override(dotted, value, text)}")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """One ``--set PATH=VALUE`` argument: the dotted path and the value read as YAML (the same
+    reader as the files: ``1e9`` is a number). Errors name ``--set`` and the argument."""
+    where = f"--set {item}"
+    if "=" not in item:
+        raise ConfigError(None, "", "expected PATH=VALUE, e.g. chip.tiles.dac.phases=4", where=where)
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part or part != part.strip() for part in key.split(".")):
+        raise ConfigError(None, key, "expected a dotted path such as chip.tiles.dac.phases",
+                          where=where)
+    try:
+        value = _load_yaml_text(text) if text.strip() else None
+    except _YamlProblem as exc:
+        raise ConfigError(None, key, f"cannot read the value: {exc.problem}", where=where) from None
+    return key, value
 
 
 def parse_file(cls, path: str | Path, file_label: str | None = None):
     """Read one YAML file (no ``extends:``) into the dataclass ``cls``, with the same validation
-    and error messages as a chip file. Used for workload files."""
+    and error messages as a chip file (types, ranges, required keys). Used for workload files."""
     data, sources = _read_yaml(Path(path))
     return _build(cls, data, file_label or str(path), "", sources)
 
@@ -345,7 +460,7 @@ def _load_merged(path: Path, stack: tuple[Path, ...]) -> tuple[dict, dict[str, s
     if not isinstance(parent, str):
         raise ConfigError(str(path), "extends", f"expected a file name, got {parent!r}")
     parent_path = (path.parent / parent)
-    if not parent_path.exists():
+    if not path_exists(parent_path):
         try:
             parent_path = resolve_config_path(parent)
         except ConfigError:
@@ -356,42 +471,178 @@ def _load_merged(path: Path, stack: tuple[Path, ...]) -> tuple[dict, dict[str, s
     return base, base_sources
 
 
-def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
+# --------------------------------------------------------------------------------------------
+# Reading YAML: UTF-8 text, the YAML 1.2 core schema, no duplicate keys
+# --------------------------------------------------------------------------------------------
+
+MAX_TEXT_BYTES = 16 * 1024 * 1024     # a chip, workload or sweep file is a few kB
+
+
+def read_text(path: str | Path, what: str = "file", limit_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of ``path`` (a leading BOM dropped), or a :class:`ConfigError` naming the
+    file: missing or unreadable, larger than ``limit_bytes`` (``/dev/zero`` included), or not
+    UTF-8 (with the byte offset and line of the first bad byte)."""
+    path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            raw = fh.read(limit_bytes + 1)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", f"no such {what}") from None
     except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > limit_bytes:
+        raise ConfigError(str(path), "", f"larger than {limit_bytes // (1024 * 1024)} MiB: "
+                                         f"not a {what}")
     try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else {}
-        finally:
-            loader.dispose()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                                         f"{exc.start}, line {line}); save it as UTF-8", line) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with the YAML 1.2 core schema's implicit types: ``1e9``, ``2.5e1``, ``1e-300``
+    and ``.5`` are floats, ``010`` is ten (not octal eight), ``1:30`` and ``yes`` are strings,
+    dates stay strings."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {}      # not SafeLoader's lists (they would be shared)
+for _tag, _regexp, _first in (
+        ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+        ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+        ("tag:yaml.org,2002:merge", r"^(?:<<)$", "<")):
+    _Yaml12Loader.add_implicit_resolver(_tag, re.compile(_regexp), list(_first))
+
+
+def _construct_int(loader: yaml.SafeLoader, node) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    sign, body = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+    try:
+        if body[:2] in ("0x", "0X"):
+            return sign * int(body[2:], 16)
+        if body[:2] in ("0o", "0O"):
+            return sign * int(body[2:], 8)
+        return sign * int(body)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, f"cannot read {text!r} as an integer",
+                                                node.start_mark) from None
+
+
+def _construct_float(loader: yaml.SafeLoader, node) -> float:
+    text = str(loader.construct_scalar(node))
+    try:
+        return loader.construct_yaml_float(node)
+    except (ValueError, TypeError):
+        raise yaml.constructor.ConstructorError(None, None, f"cannot read {text!r} as a number",
+                                                node.start_mark) from None
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+class _YamlProblem(Exception):
+    """PyYAML could not read the text: ``problem`` (one line) at ``line`` (1-based or None)."""
+
+    def __init__(self, problem: str, line: int | None, yaml_path: str = ""):
+        super().__init__(problem)
+        self.problem, self.line, self.yaml_path = problem, line, yaml_path
+
+
+def _compose(text: str):
+    loader = None
+    try:
+        loader = _Yaml12Loader(text)        # its reader already rejects control characters
+        node = loader.get_single_node()
+        _check_duplicate_keys(node)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(str(path), "", f"YAML syntax error: {problem}", line) from None
+        raise _YamlProblem(f"YAML syntax error: {problem}", line) from None
+    except RecursionError:
+        raise _YamlProblem("YAML nested too deeply", None) from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # PyYAML's own constructors on odd explicit tags (``!!timestamp x``)
+        raise _YamlProblem(f"cannot read a YAML value ({exc})", None) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return node, data
+
+
+def _load_yaml_text(text: str) -> Any:
+    try:
+        return _compose(text)[1]
+    except _YamlProblem as exc:
+        if exc.yaml_path:
+            raise _YamlProblem(f"{exc.yaml_path}: {exc.problem}", exc.line) from None
+        raise
+
+
+def _check_duplicate_keys(node, prefix: str = "", seen: set | None = None) -> None:
+    """A key given twice in one mapping is an error (PyYAML would keep the last silently)."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:       # an alias: checked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                if key in first:
+                    raise _YamlProblem(f"duplicate key {key!r} (first given on line {first[key]})",
+                                       key_node.start_mark.line + 1, path)
+                first[key] = key_node.start_mark.line + 1
+            _check_duplicate_keys(value_node, path, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, f"{prefix}[{i}]", seen)
+
+
+def read_yaml(path: str | Path, what: str = "file") -> tuple[Any, dict[str, str]]:
+    """Any YAML file (chip, workload, sweep): its data and the ``yaml path -> "file:line (source)"``
+    of each scalar leaf. Errors are :class:`ConfigError` naming the file, line and YAML path: not
+    UTF-8 (with the byte offset), syntax, duplicate keys, values PyYAML cannot read."""
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        node, data = _compose(text)
+    except _YamlProblem as exc:
+        raise ConfigError(str(path), exc.yaml_path, exc.problem, exc.line) from None
+    sources: dict[str, str] = {}
+    if node is not None:
+        _collect_sources(node, "", text.splitlines(), str(path), sources, set())
+    return data, sources
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
+    data, sources = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), "", f"expected a mapping at the top, got {type(data).__name__}")
-    sources: dict[str, str] = {}
-    lines = text.splitlines()
-    if node is not None:
-        _collect_sources(node, "", lines, str(path), sources)
     return data, sources
 
 
-def _collect_sources(node, prefix: str, lines: list[str], file: str, out: dict[str, str]) -> None:
+def _collect_sources(node, prefix: str, lines: list[str], file: str, out: dict[str, str],
+                     seen: set) -> None:
     """yaml path -> "file:line  source comment" for every scalar leaf."""
-    if not isinstance(node, yaml.MappingNode):
+    if not isinstance(node, yaml.MappingNode) or id(node) in seen:
         return
+    seen.add(id(node))
     for key_node, value_node in node.value:
         path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
         if isinstance(value_node, yaml.MappingNode):
-            _collect_sources(value_node, path, lines, file, out)
+            _collect_sources(value_node, path, lines, file, out, seen)
             continue
         line_no = key_node.start_mark.line
         text = lines[line_no] if line_no < len(lines) else ""
@@ -448,10 +699,17 @@ def _build(cls, data: Any, file: str, prefix: str, sources: dict[str, str], skip
             raise ConfigError(file, path, f"unknown key {key!r}{hint}", _line(sources, path))
     values = {}
     for name, f in fields_by_name.items():
-        if name not in data:
-            continue
-        path = f"{prefix}.{name}" if prefix else name
-        values[name] = _convert(hints[name], f, data[name], file, path, sources)
+        if name in data:
+            path = f"{prefix}.{name}" if prefix else name
+            values[name] = _convert(hints[name], f, data[name], file, path, sources)
+    for name, f in fields_by_name.items():
+        # checked after the values given, so a bad value is reported before a missing key
+        if f.metadata.get("required") and data.get(name) is None:
+            path = f"{prefix}.{name}" if prefix else name
+            what = "section" if dataclasses.is_dataclass(hints[name]) else "key"
+            reason = f.metadata["required"] if isinstance(f.metadata["required"], str) else "required"
+            raise ConfigError(file, path, f"missing {what} {name!r} ({reason})",
+                              _line(sources, prefix))
     return cls(**values)
 
 
@@ -461,6 +719,11 @@ def _line(sources: Mapping[str, str], path: str) -> int | None:
         return int(src.split(" ", 1)[0].rsplit(":", 1)[1])
     except (IndexError, ValueError):
         return None
+
+
+def _number(x: float) -> str:
+    """4096 -> '4,096'; 1e6 -> '1,000,000'; 0.5 -> '0.5'."""
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 def _describe(value: Any) -> str:
@@ -497,12 +760,19 @@ def _convert(tp, f, value: Any, file: str, path: str, sources: dict[str, str]) -
             raise ConfigError(file, path, f"expected true or false, got {_describe(value)}", line)
         return value
     if tp is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)          # 1e3 is an integer
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(file, path, f"expected an integer, got {_describe(value)}", line)
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(file, path, f"expected a number, got {_describe(value)}", line)
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(file, path, f"expected a finite number, got {value!r}", line)
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(file, path, f"expected a string, got {_describe(value)}", line)
@@ -513,7 +783,9 @@ def _convert(tp, f, value: Any, file: str, path: str, sources: dict[str, str]) -
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         relation = ">" if meta.get("lo_open") else ">="
-        raise ConfigError(file, path, f"expected a value {relation} {lo:g}, got {value!r}", line)
+        raise ConfigError(file, path, f"expected a value {relation} {_number(lo)}, got {value!r}",
+                          line)
     if hi is not None and value > hi:
-        raise ConfigError(file, path, f"expected a value <= {hi:g}, got {value!r}", line)
+        why = f" (sanity limit: {meta['why']})" if meta.get("why") else ""
+        raise ConfigError(file, path, f"expected a value <= {_number(hi)}{why}, got {value!r}", line)
     return value

@@ -51,6 +51,79 @@ class Dataset:
                        self.source)
 
 
+def read_npz(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive, read eagerly, without pickle. Anything else (a missing
+    file, random bytes, a single ``.npy`` array, a truncated or corrupt archive, pickled objects)
+    is a :class:`DataError` naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, expected a .npz {what}") from None
+    except ValueError as exc:
+        if "pickle" in str(exc):     # numpy's fallback for anything that is neither zip nor .npy
+            raise DataError(f"{path}: not a readable .npz {what} (no zip header)") from None
+        raise DataError(f"{path}: not a readable .npz {what} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever numpy/zipfile raise on foreign bytes
+        raise DataError(f"{path}: not a readable .npz {what} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, expected a .npz archive of named arrays")
+    try:
+        with data:
+            arrays = {name: data[name] for name in data.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise DataError(f"{path}: holds pickled Python objects, which archsim never loads "
+                            "(expected plain numeric arrays)") from None
+        raise DataError(f"{path}: corrupt .npz {what} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, CRC errors...
+        raise DataError(f"{path}: corrupt .npz {what} ({type(exc).__name__}: {exc})") from None
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray):      # a zip member that is not a .npy file
+            raise DataError(f"{path}: member {name!r} is not a numpy array; not a .npz {what}")
+    return arrays
+
+
+def class_labels(labels, source: str) -> np.ndarray:
+    """Labels as int64 class indices: a 1-D array of integers (integral floats accepted); one-hot
+    or fractional labels are a :class:`DataError` (they used to be silently truncated)."""
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        hint = " (one-hot labels? store their argmax)" if y.ndim == 2 else ""
+        raise DataError(f"{source}: labels must be a 1-D array of class indices, got shape "
+                        f"{y.shape}{hint}")
+    if y.dtype.kind in "iu":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{source}: labels must be integer class indices, got {y[i].item()!r} at "
+                            f"index {i}")
+        return y.astype(np.int64)
+    raise DataError(f"{source}: labels must be integer class indices, got dtype {y.dtype}")
+
+
+def check_dataset(ds: "Dataset", input_shape, num_classes: int, network: str) -> "Dataset":
+    """A dataset fits a network: at least one image, images of the network's input shape (H, W, C)
+    with finite pixels, labels in 0 .. num_classes - 1. Returns ``ds``."""
+    if len(ds) == 0:
+        raise DataError(f"{ds.source}: no images")
+    shape = tuple(ds.images.shape[1:])
+    if shape != tuple(input_shape):
+        raise DataError(f"{ds.source}: images of shape {shape} (H, W, C), network {network} "
+                        f"expects {tuple(input_shape)}")
+    if ds.images.dtype.kind == "f" and not np.isfinite(ds.images).all():
+        raise DataError(f"{ds.source}: images hold NaN or infinite pixels")
+    lo, hi = int(ds.labels.min()), int(ds.labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"{ds.source}: labels {lo}..{hi}, network {network} has {num_classes} "
+                        f"classes (0..{num_classes - 1})")
+    return ds
+
+
 def _as_channel_array(values, channels: int, what: str, source: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float32).reshape(-1)
     if arr.size == 1:
@@ -82,7 +155,11 @@ def load_digits_split(split: str, mean=(0.0,), std=(1.0,)) -> Dataset:
 def load_cifar10(path: Path, split: str, mean, std) -> Dataset:
     """CIFAR-10 from an .npz (keys x: uint8 NHWC, y), a cifar-10-batches-py folder, or a .tar.gz."""
     path = Path(path)
-    if not path.exists():
+    try:
+        present = path.exists()
+    except (OSError, ValueError):
+        present = False
+    if not present:
         raise DataError(f"{path}: no such dataset file")
     if path.is_dir():
         x, y = _cifar_from_folder(path, split)
@@ -90,27 +167,23 @@ def load_cifar10(path: Path, split: str, mean, std) -> Dataset:
         x, y = _cifar_from_tar(path, split)
     else:
         x, y = _cifar_from_npz(path)
+    y = class_labels(y, str(path))
     if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) != len(y):
         raise DataError(f"{path}: expected images of shape (N, 32, 32, 3) and N labels, got "
                         f"{x.shape} and {y.shape}")
     if y.size and (y.min() < 0 or y.max() > 9):
         raise DataError(f"{path}: labels must be 0..9, got {y.min()}..{y.max()}")
     source = str(path)
-    return Dataset("cifar10", x, y.astype(np.int64), _as_channel_array(mean, 3, "mean", source),
+    return Dataset("cifar10", x, y, _as_channel_array(mean, 3, "mean", source),
                    _as_channel_array(std, 3, "std", source), source)
 
 
 def _cifar_from_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data or "y" not in data:
-                raise DataError(f"{path}: expected arrays 'x' (uint8 NHWC) and 'y', found "
-                                f"{', '.join(data.files) or 'none'}")
-            x, y = data["x"], data["y"]
-    except DataError:
-        raise
-    except Exception as exc:  # zipfile/ValueError on a corrupt archive
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    data = read_npz(path, "dataset file")
+    if "x" not in data or "y" not in data:
+        raise DataError(f"{path}: expected arrays 'x' (uint8 NHWC) and 'y', found "
+                        f"{', '.join(data) or 'none'}")
+    x, y = data["x"], data["y"]
     if x.dtype != np.uint8:
         raise DataError(f"{path}: 'x' must be uint8 pixels, got {x.dtype}")
     return x, np.asarray(y)

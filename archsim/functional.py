@@ -48,7 +48,7 @@ from .errors import ConfigError
 from .mapping import LayerMapping, Mapping
 from .network import Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, matrix_input
 from .pcm import PCMModel, targets
-from .progress import Progress
+from .progress import Progress, format_time_s
 from .rng import Streams
 
 DEFAULT_TIMES_S = (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
@@ -790,8 +790,8 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                             bn = adabs(state, calib_set, read_rng=ts("read", "adabs"),
                                        noise_rng=ts("adc-noise", "adabs"), gdc=True,
                                        batch_size=batch_size)
-                            bar.advance(n_calib, f"{policy} chip {k} t={t:g}s adabs")
-                        note = f"{policy} chip {k} t={t:g}s {comp}"
+                            bar.advance(n_calib, f"{policy} chip {k} at {format_time_s(t)} adabs")
+                        note = f"{policy} chip {k} at {format_time_s(t)} {comp}"
                         per_comp[comp].append(test_pass(state, test, ts, comp, bn=bn,
                                                         batch_size=batch_size, workspace=ws,
                                                         bar=bar, note=note,

@@ -202,7 +202,7 @@ def placement_of(chip: ChipConfig, network: Network) -> dict[str, str]:
         import difflib
         close = difflib.get_close_matches(unknown[0], names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise MappingError(f"{chip.file}: mapping.overrides.{unknown[0]}: network "
+        raise MappingError(f"{chip.origin}: mapping.overrides.{unknown[0]}: network "
                            f"{network.name} has no matrix layer {unknown[0]!r}{hint}")
     policy = chip.mapping.policy
     out = {}
@@ -223,12 +223,12 @@ def map_network(chip: ChipConfig, network: Network) -> Mapping:
     array = tiles.array
     weight_cols = array.weight_cols
     if weight_cols < 1:
-        raise MappingError(f"{chip.file}: chip.tiles.array: {array.cols} columns cannot hold a "
+        raise MappingError(f"{chip.origin}: chip.tiles.array: {array.cols} columns cannot hold a "
                            f"weight of {array.devices_per_weight} devices")
     placement = placement_of(chip, network)
     if chip.chip.digital.units == 0 and "digital" in placement.values():
         first = next(n for n, p in placement.items() if p == "digital")
-        raise MappingError(f"{chip.file}: chip.digital.units is 0 but layer {first} is placed "
+        raise MappingError(f"{chip.origin}: chip.digital.units is 0 but layer {first} is placed "
                            "digital by the mapping policy")
     available = tiles.count * tiles.arrays_per_tile
     planned: list[tuple[Layer, str, MatrixView, list]] = []
@@ -240,7 +240,7 @@ def map_network(chip: ChipConfig, network: Network) -> Mapping:
         needed += len(rects)
         planned.append((layer, placement[layer.name], view, rects))
     if needed > available and (not chip.mapping.time_multiplex or available == 0):
-        raise MappingError(f"{chip.file}: network {network.name} needs {needed} arrays "
+        raise MappingError(f"{chip.origin}: network {network.name} needs {needed} arrays "
                            f"({array.rows}x{array.cols}) but the chip has {available} "
                            f"({tiles.count} tiles x {tiles.arrays_per_tile}); add tiles or set "
                            "mapping.time_multiplex: true")

@@ -135,40 +135,88 @@ def _fmt(value: Any, signed: bool = False) -> str:
     return str(value)
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _unique_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
 def load_golden(path: str | Path) -> dict:
-    """Read and check a golden file; any defect is a DataError naming the file and what is wrong."""
+    """Read and check a golden file against its format, every value included; any defect is a
+    DataError naming the file and what is wrong (binary or non-UTF-8 content, invalid JSON, NaN,
+    duplicate keys, missing keys, negative or fractional counts, an inferences count out of
+    1..MAX_INFERENCES)."""
+    from .config import path_exists, read_text
+    from .errors import ConfigError
+    from .simulate import MAX_INFERENCES
+    if str(path) in ("", "."):
+        raise DataError(f"{str(path)!r}: expected a golden file name")
     path = Path(path)
+    if not path_exists(path) and not path.is_symlink():
+        raise DataError(f"{path}: golden file not found (create it with --update)")
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, expected a golden file")
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DataError(f"{path}: golden file not found (create it with --update)") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read golden file ({exc.strerror})") from None
+        text = read_text(path, "golden file", limit_bytes=256 * 1024 * 1024)
+    except ConfigError as exc:
+        raise DataError(f"{exc}; the golden file is corrupt (or not a golden file)") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno} "
                         f"({exc.msg}); the golden file is corrupt or truncated") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid golden JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; not a golden file") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"{path}: not an archsim golden file (expected \"format\": \"{FORMAT}\")")
     if data.get("version") != VERSION:
         raise DataError(f"{path}: golden format version {data.get('version')!r}, expected {VERSION}")
     for key, kind in (("chip", dict), ("workload", dict), ("totals", dict), ("layers", dict),
-                      ("actions", dict), ("inferences", int)):
+                      ("actions", dict)):
         if not isinstance(data.get(key), kind):
             raise DataError(f"{path}: key {key!r} missing or not a {kind.__name__}")
+    n = data.get("inferences")
+    if not _is_count(n) or not 1 <= n <= MAX_INFERENCES:
+        raise DataError(f"{path}: inferences must be an integer 1..{MAX_INFERENCES}, got {n!r}")
     for q in TOTAL_QUANTITIES:
-        if not isinstance(data["totals"].get(q), (int, float)):
-            raise DataError(f"{path}: totals.{q} missing or not a number")
+        if not _is_number(data["totals"].get(q)):
+            raise DataError(f"{path}: totals.{q} missing or not a finite number >= 0")
     for name, rec in data["layers"].items():
-        if not isinstance(rec, dict) or any(not isinstance(rec.get(q), int)
-                                            for q in LAYER_QUANTITIES):
-            raise DataError(f"{path}: layers.{name} must hold integer "
+        if not isinstance(rec, dict) or any(not _is_count(rec.get(q)) for q in LAYER_QUANTITIES):
+            raise DataError(f"{path}: layers.{name} must hold integer counts >= 0 of "
                             + ", ".join(LAYER_QUANTITIES))
     for name, value in data["actions"].items():
-        if not isinstance(value, int):
-            raise DataError(f"{path}: actions.{name} must be an integer count")
+        if not _is_count(value):
+            raise DataError(f"{path}: actions.{name} must be an integer count >= 0, got {value!r}")
     return data
+
+
+def check_tolerance(tolerance: Any) -> float:
+    """A relative tolerance: a finite number in [0, 1) (0 = exact)."""
+    from .errors import OptionError
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
+            or not math.isfinite(tolerance) or not 0 <= tolerance < 1:
+        raise OptionError("--tolerance", tolerance, "a relative tolerance in [0, 1), e.g. 0.01 "
+                                                    "for 1% (0 = exact)")
+    return float(tolerance)
 
 
 def compare(golden: dict, now: dict, golden_file: str, tolerance: float = 0.0) -> Comparison:
@@ -212,8 +260,9 @@ def compare(golden: dict, now: dict, golden_file: str, tolerance: float = 0.0) -
 
 def write_golden(path: str | Path, record: dict) -> None:
     """Atomic write: a temporary file beside the target, then a rename."""
-    from .atomic import atomic_write_text
-    atomic_write_text(Path(path), json.dumps(record, indent=1, sort_keys=False) + "\n")
+    from .atomic import write_file
+    write_file(Path(path), (json.dumps(record, indent=1, sort_keys=False) + "\n").encode(),
+               "golden file")
 
 
 def check_cycles(chip, workload, golden_file: str | Path, *, tolerance: float = 0.0,
@@ -224,14 +273,23 @@ def check_cycles(chip, workload, golden_file: str | Path, *, tolerance: float = 
     With ``update=True`` the golden file is (re)written and the returned comparison lists what
     changed against the old one (empty when there was none). ``inferences`` defaults to the golden
     file's count (or 2 for a new file)."""
+    from .atomic import check_output_file
+    from .config import path_exists
+    from .errors import OptionError
     from .mapping import map_network
-    from .simulate import load
+    from .simulate import MAX_INFERENCES, load
     from .timing import simulate_timing
 
+    tolerance = check_tolerance(tolerance)
+    if inferences is not None and (not _is_count(inferences)
+                                   or not 1 <= inferences <= MAX_INFERENCES):
+        raise OptionError("--inferences", inferences, f"an integer 1..{MAX_INFERENCES}")
     chip_cfg, wl = load(chip, workload, overrides=overrides, policy=policy)
     golden_file = Path(golden_file)
+    if update:              # before the simulation: an unwritable golden file fails at once
+        check_output_file(golden_file, "--update")
     old = None
-    if golden_file.exists() or not update:
+    if path_exists(golden_file) or not update:
         try:
             old = load_golden(golden_file)
         except DataError:

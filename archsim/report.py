@@ -1,6 +1,7 @@
 """Reports: terminal tables (tabulate), and ``report.json`` / ``report.md`` / ``layers.csv`` / PNG
-plots written atomically (a temporary file beside the target, then a rename; a failed run leaves
-no half-written report).
+plots written as one output set, all or nothing (:func:`archsim.atomic.write_output_set`: rendered
+first, written into a temporary folder beside ``--out`` and swapped in; a failed run leaves the
+previous set as it was, and no file of an earlier run survives beside a new one).
 
 Everything here reads the plain dict of :func:`archsim.simulate.RunResult.to_dict` (DESIGN.md
 section 8 keys: chip, workload, mapping, accuracy, timing, energy, area, summary), so a report can
@@ -17,8 +18,16 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
-from .atomic import atomic_write_bytes
+from .atomic import write_output_set
 from .mapping import Mapping
+from .progress import format_time_s, plural
+
+# one line each under the terminal tables (the words a reader meets there)
+ACCURACY_LEGEND = ("none: no compensation; gdc: global drift compensation (each array's outputs "
+                   "rescaled by a calibration read); adabs: BatchNorm statistics re-estimated on "
+                   "the AdaBS calibration images")
+TIMING_LEGEND = ("busy: cycles the layer's hardware is held (first inference); stall: cycles "
+                 "inside [start, end] spent waiting for inputs, links or SRAM")
 
 # ------------------------------------------------------------------------------------------
 # Atomic file writing
@@ -26,26 +35,14 @@ from .mapping import Mapping
 
 
 def write_files(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
-    """Write a set of report files; all are rendered before the first is written, so an error
-    while rendering leaves the folder untouched."""
-    written = []
-    for name, data in files.items():
-        atomic_write_bytes(Path(out_dir) / name, data)
-        written.append(Path(out_dir) / name)
-    return written
+    """Write a set of report files (all rendered before this is called) as the whole content of
+    ``out_dir``, all or nothing (:func:`archsim.atomic.write_output_set`)."""
+    return write_output_set(Path(out_dir), files)
 
 
 # ------------------------------------------------------------------------------------------
 # Formatting helpers
 # ------------------------------------------------------------------------------------------
-
-def format_time_s(seconds: float) -> str:
-    for unit, size in (("y", 31536000.0), ("mo", 2592000.0), ("d", 86400.0), ("h", 3600.0),
-                       ("min", 60.0)):
-        if seconds >= size and abs(seconds / size - round(seconds / size)) < 1e-9:
-            return f"{round(seconds / size):g} {unit}"
-    return f"{seconds:g} s"
-
 
 def _si(value: float, unit: str) -> str:
     for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0),
@@ -99,13 +96,20 @@ def _mapping_table(m: dict, network_name: str, chip, tablefmt: str = "simple") -
     return head + "\n" + table
 
 
+def _spread(acc: dict) -> bool:
+    """A standard deviation means something only over two or more programmed chips."""
+    return acc.get("seeds", 2) > 1
+
+
 def accuracy_table(acc: dict, tablefmt: str = "simple") -> str:
-    """Rows: FP32, then each mapping x compensation; columns: times; cells mean +- std in %."""
+    """Rows: FP32, then each mapping x compensation; columns: times; cells mean +- std in %
+    (the mean alone from a single programmed chip)."""
     times = [format_time_s(t) for t in acc["times_s"]]
     rows = [["fp32", "-"] + [_pct(acc["fp32"])] * len(times)]
     for s in acc["series"]:
         rows.append([s["mapping"], s["compensation"]]
-                    + [f"{_pct(m)} ± {_pct(sd)}" for m, sd in zip(s["mean"], s["std"])])
+                    + [f"{_pct(m)} ± {_pct(sd)}" if _spread(acc) else _pct(m)
+                       for m, sd in zip(s["mean"], s["std"])])
     return tabulate(rows, headers=["mapping", "compensation"] + times, tablefmt=tablefmt,
                     disable_numparse=True)
 
@@ -297,16 +301,20 @@ def terminal_report(report: dict) -> str:
              f"({report['mapping']['policy']}) =="]
     if report.get("accuracy"):
         acc = report["accuracy"]
-        parts += ["", f"Accuracy vs time after programming ({acc['images']} test images, "
-                      f"{acc['seeds']} programmed chips, {acc['calib_images']} AdaBS calibration "
-                      "images), %:", accuracy_table(acc), read_model_line(acc)]
+        unit = "mean ± std over chips, %" if _spread(acc) else "%"
+        parts += ["", f"Accuracy vs time after programming ({plural(acc['images'], 'test image')}"
+                      f", {plural(acc['seeds'], 'programmed chip')}, "
+                      f"{plural(acc['calib_images'], 'AdaBS calibration image')}), {unit}:",
+                  accuracy_table(acc)]
+        if acc.get("series"):
+            parts += [ACCURACY_LEGEND, read_model_line(acc)]
     if report.get("timing"):
         t = report["timing"]
-        parts += ["", f"Timing ({t['inferences']} inferences in flight, clock "
+        parts += ["", f"Timing ({plural(t['inferences'], 'inference')} in flight, clock "
                       f"{t['clock_mhz']:g} MHz): latency {t['latency_cycles']:,} cycles "
                       f"= {_si(t['latency_ns'] * 1e-9, 's')}, steady-state interval "
                       f"{t['interval_cycles']:,} cycles, {t['throughput_inferences_per_s']:,.1f} "
-                      "inferences/s", timing_table(report)]
+                      "inferences/s", timing_table(report), TIMING_LEGEND]
     if report.get("energy"):
         parts += ["", "Energy per inference and area per component:", component_table(report)]
         parts += [x for x in (energy_note(report), capacity_note(report)) if x]
@@ -329,10 +337,12 @@ def markdown_report(report: dict, plots: Sequence[str] = ()) -> str:
     if report.get("accuracy"):
         acc = report["accuracy"]
         md += ["## Accuracy vs time after programming", "",
-               f"{acc['images']} test images, {acc['seeds']} programmed chips (seeds), "
-               f"{acc['calib_images']} AdaBS calibration images; mean ± std in %. "
-               + read_model_line(acc), "",
-               accuracy_table(acc, "github"), ""]
+               f"{plural(acc['images'], 'test image')}, "
+               f"{plural(acc['seeds'], 'programmed chip')} (seeds), "
+               f"{plural(acc['calib_images'], 'AdaBS calibration image')}; "
+               + ("mean ± std over chips in %. " if _spread(acc) else "in %. ")
+               + (read_model_line(acc) if acc.get("series") else ""), "",
+               accuracy_table(acc, "github"), "", ACCURACY_LEGEND + ".", ""]
         md += [f"![accuracy vs time]({p})" for p in plots if "accuracy" in p] + [""]
         adc = adc_table(acc, "github")
         if adc:
@@ -343,10 +353,10 @@ def markdown_report(report: dict, plots: Sequence[str] = ()) -> str:
     if report.get("timing"):
         t = report["timing"]
         md += ["## Timing", "",
-               f"{t['inferences']} inferences in flight; latency {t['latency_cycles']:,} cycles "
+               f"{plural(t['inferences'], 'inference')} in flight; latency {t['latency_cycles']:,} cycles "
                f"({_si(t['latency_ns'] * 1e-9, 's')}); steady-state interval "
                f"{t['interval_cycles']:,} cycles; {t['throughput_inferences_per_s']:,.1f} "
-               "inferences/s.", "", timing_table(report, "github"), ""]
+               "inferences/s.", "", timing_table(report, "github"), "", TIMING_LEGEND + ".", ""]
     if report.get("energy"):
         md += ["## Energy and area", "", component_table(report, "github"), ""]
         md += [x for x in (energy_note(report), capacity_note(report)) if x] + [""]

@@ -21,8 +21,11 @@ from typing import Any, Mapping as TMapping, Sequence
 import numpy as np
 
 from .config import ChipConfig, load_chip
+from .errors import OptionError
 from .mapping import Mapping, map_network
 from .workloads import Workload, load_workload
+
+MAX_INFERENCES = 1024        # inferences in flight in the timing simulation (a sanity limit)
 
 
 def load(chip: str | Path | ChipConfig | None = None, workload: str | Path | Workload | None = None,
@@ -127,9 +130,35 @@ def accuracy_for(mappings: Sequence[Mapping], workload: Workload, *, times_s, se
         # an all-digital chip neither drifts nor is noisy: its accuracy is the FP32 one at all times
         fp32 = functional.fp32_accuracy(workload.network, params, test)
         return functional.AccuracyResult(fp32, tuple(times_s), 0, len(test), 0, ())
+    # --calib-images 0: no AdaBS (its series needs calibration images)
+    compensations = functional.COMPENSATIONS if inputs.calib is not None else ("none", "gdc")
     return functional.evaluate_accuracy(analog, params, test, calib=inputs.calib,
                                         calib_images=calib_images, times_s=tuple(times_s),
-                                        seeds=seeds, seed=seed, progress=progress)
+                                        seeds=seeds, seed=seed, progress=progress,
+                                        compensations=compensations)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_run_options(*, times_s=None, seeds: int = 3, calib_images: int = 1000,
+                      test_images: int | None = None, inferences: int = 4, seed: int = 0) -> None:
+    """The options of :func:`run` (the CLI's ``--times``, ``--seeds``, ...) are in range, checked
+    before anything is loaded or simulated; an :class:`OptionError` names the option."""
+    for t in times_s or ():
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) \
+                or not np.isfinite(t) or t <= 0:
+            raise OptionError("--times", t, "finite times after programming > 0, e.g. 25s,1h,1d")
+    checks = (("--seeds", seeds, 1, None), ("--calib-images", calib_images, 0, None),
+              ("--test-images", test_images, 1, None),
+              ("--inferences", inferences, 1, MAX_INFERENCES), ("--seed", seed, 0, None))
+    for option, value, lo, hi in checks:
+        if value is None and option == "--test-images":
+            continue
+        if not _is_int(value) or value < lo or (hi is not None and value > hi):
+            expected = f"an integer {lo}..{hi:,}" if hi else f"an integer >= {lo}"
+            raise OptionError(option, value, expected)
 
 
 def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, data_dir=None,
@@ -138,18 +167,28 @@ def run(chip=None, workload=None, *, overrides=None, policy: str | None = None, 
         test_images: int | None = None, inferences: int = 4, seed: int = 0,
         weights: str | Path | None = None, progress: bool = True,
         inputs: AccuracyInputs | None = None, dataset: str | None = None) -> RunResult:
-    """One chip x one workload, end to end. ``inputs``: the accuracy run's weights and data,
-    already loaded (:func:`accuracy_inputs`); ``dataset``: the dataset of a bare .onnx workload."""
+    """One chip x one workload, end to end. Every input (options, chip, workload, weights,
+    datasets) is checked before the first simulation starts. ``inputs``: the accuracy run's
+    weights and data, already loaded (:func:`accuracy_inputs`); ``dataset``: the dataset of a bare
+    .onnx workload."""
     from . import accounting, functional, timing
+    check_run_options(times_s=times_s, seeds=seeds, calib_images=calib_images,
+                      test_images=test_images, inferences=inferences, seed=seed)
     chip_cfg, wl = load(chip, workload, overrides=overrides, policy=policy, data_dir=data_dir,
                         dataset=dataset)
     mapping = map_network(chip_cfg, wl.network)
-    tim = timing.simulate_timing(mapping, inferences)     # first: a capacity error stops it early
-    acc = None
+    mappings = []
     if accuracy:
         policies = list(accuracy_policies or [chip_cfg.mapping.policy])
         mappings = [mapping if p == chip_cfg.mapping.policy
                     else map_network(chip_cfg.with_mapping(p), wl.network) for p in policies]
+        if inputs is None:       # weights and datasets checked before any simulation starts
+            inputs = accuracy_inputs(wl, test_images=test_images, calib_images=calib_images,
+                                     seed=seed, weights=weights,
+                                     calibration=any(m.analog_layers for m in mappings))
+    tim = timing.simulate_timing(mapping, inferences)     # then timing: a capacity error is quick
+    acc = None
+    if accuracy:
         acc = accuracy_for(mappings, wl, times_s=times_s or functional.DEFAULT_TIMES_S,
                            seeds=seeds, calib_images=calib_images, test_images=test_images,
                            seed=seed, weights=weights, progress=progress, inputs=inputs)

@@ -315,7 +315,10 @@ def _point_error(exc: ConfigError, file: str, index: int, label: str, where: dic
             (bool(path) and axis.startswith(path + "."))
     spot = next((s for a, s in where.items() if a not in ("chip", "workload") and caused_by(a)),
                 where.get("chip", "sweep.chip"))
-    return ConfigError(file, spot, f"point {index} ({label}): {exc}")
+    # an error one of the point's values caused is named by its YAML path (the loader calls these
+    # values --set arguments; here they are the sweep's axes); others keep their file and line
+    inner = f"{exc.yaml_path}: {exc.message}" if exc.file is None and exc.yaml_path else str(exc)
+    return ConfigError(file, spot, f"point {index} ({label}): {inner}")
 
 
 def inputs_digest(inputs) -> str:
@@ -845,12 +848,15 @@ def sweep_markdown(columns: Sequence[str], rows: Sequence[dict], title: str,
 
 
 def write_report(out_dir: str | Path) -> list[Path]:
-    """Render the report of ``OUT/results.csv`` and write it as one set (the only function that
-    writes report files)."""
-    from .report import write_files
+    """Render the report of ``OUT/results.csv`` and write it beside the table (the only function
+    that writes report files). Each file is replaced atomically; the folder is not an output set
+    that archsim swaps as a whole, since it holds the table that a sweep appends to and resumes
+    from, and every file here is re-rendered from that table alone (``--report``)."""
+    from .atomic import write_file
     out = Path(out_dir)
     columns, rows, _ = read_table(out / TABLE)
-    return write_files(out, render_report(columns, rows, out.resolve().name))
+    return [write_file(out / name, data, "sweep report")
+            for name, data in render_report(columns, rows, out.resolve().name).items()]
 
 
 def terminal_summary(out_dir: str | Path) -> str:

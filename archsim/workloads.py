@@ -13,15 +13,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import config as cfg
-from .atomic import atomic_write_bytes
-from .datasets import Dataset, load_cifar10, load_digits_split
+from .atomic import write_file
+from .datasets import Dataset, check_dataset, load_cifar10, load_digits_split, read_npz
 from .errors import ConfigError, DataError, WorkloadError
 from .network import BUILTIN_NETWORKS, Network
 
@@ -44,7 +43,8 @@ class DatasetSpec:
 class WorkloadSpec:
     name: str = cfg.spec("workload")
     network: str = cfg.spec("digits_cnn", doc="a built-in network "
-                            f"({' | '.join(BUILTIN_NETWORKS)}) or an .onnx model file")
+                            f"({' | '.join(BUILTIN_NETWORKS)}) or an .onnx model file",
+                            required=True)
     weights: str | None = cfg.spec(None, doc=".npz of float32 arrays with PyTorch names (an .onnx "
                                              "network brings its own)")
     dataset: DatasetSpec = cfg.spec(factory=DatasetSpec)
@@ -52,7 +52,7 @@ class WorkloadSpec:
 
 @dataclass(frozen=True)
 class WorkloadFile:
-    workload: WorkloadSpec = cfg.spec(factory=WorkloadSpec)
+    workload: WorkloadSpec = cfg.spec(factory=WorkloadSpec, required=True)
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,16 @@ class Workload:
             path = self.find(self.spec.weights)
         if path is not None and is_onnx(path):
             from .onnx_import import import_onnx
-            return self.network.check_params(import_onnx(path)[1], str(path))
+            return check_weight_values(self.network.check_params(import_onnx(path)[1], str(path)),
+                                       str(path))
         if path is not None:
             return load_weights(self.network, Path(path))
         if self.params is not None:
-            return dict(self.params)
+            return check_weight_values(dict(self.params), self.file)
         raise WorkloadError(f"{self.file}: workload.weights: no weights file given")
 
     def dataset(self, split: str = "test") -> Dataset:
+        """The test or training images, checked against the network (input shape, classes)."""
         ds = self.spec.dataset
         if ds is None:
             raise WorkloadError(f"{self.file}: accuracy needs a dataset: give --dataset "
@@ -98,12 +100,8 @@ class Workload:
                 raise ConfigError(self.file, f"workload.dataset.{split}", "no file given for the "
                                   f"{split} images")
             data = load_cifar10(self.find(name), split, ds.mean, ds.std)
-        if tuple(data.images.shape[1:]) != tuple(self.network.input_shape):
-            h_w_c = self.network.input_shape
-            raise WorkloadError(f"{data.source}: images of shape {tuple(data.images.shape[1:])} "
-                                f"(H, W, C) do not fit network {self.network.name}, which takes "
-                                f"{tuple(h_w_c)}")
-        return data
+        return check_dataset(data, self.network.input_shape, self.network.num_classes,
+                             self.network.name)
 
 
 def user_cache_dir() -> Path:
@@ -120,7 +118,7 @@ def find_data_file(name: str, data_dir: str | Path | None = None,
             if folder:
                 candidates.append(Path(folder) / name)
     for path in candidates:
-        if path.exists():
+        if cfg.path_exists(path):
             return path
     looked = ", ".join(str(p.parent) for p in candidates[1:]) or "(no folders)"
     raise DataError(f"{name}: data file not found (looked in the working directory and {looked}; "
@@ -128,21 +126,46 @@ def find_data_file(name: str, data_dir: str | Path | None = None,
 
 
 def load_weights(network: Network, path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            raw = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such weights file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz weights file ({exc})") from None
-    return network.check_params(raw, str(path))
+    """The network's parameters from an ``.npz``: names and shapes checked by the network, values
+    here (numbers only, finite within float32's range, BatchNorm variances >= 0)."""
+    raw = read_npz(path, "weights file")
+    for name, value in raw.items():
+        if value.dtype.kind not in "fiu":
+            raise DataError(f"{path}: array {name!r} has dtype {value.dtype}, expected numbers")
+    return check_weight_values(network.check_params(check_weight_values(raw, str(path)), str(path)),
+                               str(path))
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_weight_values(params: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """NaN or infinite values, values beyond float32's range (they would become infinite) and
+    negative BatchNorm variances are a :class:`DataError` naming the parameter; they used to run
+    at chance accuracy with warnings. Returns ``params``."""
+    for name, value in params.items():
+        if value.dtype.kind != "f" or not value.size:
+            continue
+        finite = np.isfinite(value)
+        if not finite.all():
+            bad = value.size - int(np.count_nonzero(finite))
+            raise DataError(f"{source}: parameter {name!r} has {bad} NaN or infinite value"
+                            f"{'s' if bad != 1 else ''}")
+        largest = float(np.abs(value).max())
+        if largest > FLOAT32_MAX:
+            raise DataError(f"{source}: parameter {name!r} has values beyond the float32 range "
+                            f"(|w| up to {largest:.3g})")
+        if name.endswith("running_var") and value.min() < 0:
+            raise DataError(f"{source}: parameter {name!r} is a variance but has negative values "
+                            f"(min {float(value.min()):g})")
+    return params
 
 
 def save_weights(params: dict[str, np.ndarray], path: str | Path) -> None:
     """Write weights (.npz of float32 arrays) atomically."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in params.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    write_file(path, buf.getvalue(), "weights file")
 
 
 def resolve_workload_path(name_or_path: str | Path | None) -> Path:

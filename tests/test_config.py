@@ -374,7 +374,7 @@ def test_wrong_type(tmp_path, yaml_text, path, expected):
 
 
 @pytest.mark.parametrize("yaml_text, path, expected", [
-    ("chip:\n  tiles:\n    adc:\n      bits: 0\n", "chip.tiles.adc.bits", "expected a value >= 1, got 0"),
+    ("chip:\n  tiles:\n    adc:\n      bits: 1\n", "chip.tiles.adc.bits", "expected a value >= 2, got 1"),
     ("chip:\n  tiles:\n    adc:\n      bits: 17\n", "chip.tiles.adc.bits",
      "expected a value <= 16, got 17"),
     ("chip:\n  clock_mhz: 0\n", "chip.clock_mhz", "expected a value > 0, got 0.0"),
@@ -426,9 +426,20 @@ def test_top_level_must_be_a_mapping(tmp_path):
     assert "expected a mapping at the top, got list" in err.message
 
 
-def test_empty_file_gives_the_defaults(tmp_path):
-    c = load_chip(write(tmp_path, "empty.yaml", "# nothing\n"))
-    assert c == ChipConfig()
+def test_empty_file_is_an_error_unless_it_extends(tmp_path):
+    """An empty file used to run the dataclass defaults under the shipped chip's name."""
+    for text in ("# nothing\n", ""):
+        err = load_error(write(tmp_path, "empty.yaml", text))
+        assert err.message.startswith("empty chip file: expected a 'chip:' section")
+    err = load_error(write(tmp_path, "bare.yaml", "chip:\n"))
+    assert (err.yaml_path, err.message) == (
+        "chip.name", "missing key 'name' (every chip file names its chip, or extends another "
+                     "chip file)")
+    err = load_error(write(tmp_path, "mapping_only.yaml", "mapping:\n  policy: hybrid\n"))
+    assert err.yaml_path == "chip" and err.message.startswith("missing section 'chip'")
+    assert load_chip(write(tmp_path, "child.yaml", "extends: pcm_hybrid\n")) == load_chip("pcm_hybrid")
+    named = load_chip(write(tmp_path, "named.yaml", "chip:\n  name: mine\n"))
+    assert named.chip == dataclasses.replace(ChipConfig().chip, name="mine")
 
 
 def test_extends_merges_field_by_field(tmp_path):
@@ -490,7 +501,8 @@ def test_config_error_str_format():
 
 
 def test_mapping_overrides_from_yaml(tmp_path):
-    write(tmp_path, "base.yaml", "mapping:\n  overrides: {conv1: analog, linear: analog}\n")
+    write(tmp_path, "base.yaml", "chip:\n  name: base\n"
+          "mapping:\n  overrides: {conv1: analog, linear: analog}\n")
     p = write(tmp_path, "child.yaml", "extends: base.yaml\nmapping:\n  policy: all-digital\n"
               "  overrides:\n    layer1.0.conv1: analog\n")
     assert dict(load_chip(tmp_path / "base.yaml").mapping.overrides) == \
@@ -510,12 +522,13 @@ def test_empty_section_in_child_keeps_the_parent(tmp_path):
 
 
 def test_override_into_an_empty_section(tmp_path):
-    p = write(tmp_path, "empty.yaml", "chip:\n")
+    p = write(tmp_path, "empty.yaml", "chip:\n  name: e\n  tiles:\n")
     c = load_chip(p, overrides={"chip.tiles.count": 3})
     assert c.chip.tiles.count == 3
     with pytest.raises(ConfigError) as e:
         load_chip(p, overrides={"chip.name.first": 3})
-    assert e.value.yaml_path == "chip.name" and "expected a string, got a mapping" in str(e.value)
+    assert e.value.yaml_path == "chip.name.first"
+    assert str(e.value) == "--set chip.name.first=3: cannot set inside 'name', which is not a mapping"
 
 
 def test_directory_instead_of_file(tmp_path):

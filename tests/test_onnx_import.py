@@ -326,10 +326,10 @@ def test_dataset_that_does_not_fit_the_network(tmp_path, monkeypatch):
         "digits", np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int64),
         np.zeros(3, np.float32), np.ones(3, np.float32), "fake.npz"))
     wl = W.load_workload(tmp_path / "mobilenet.onnx", dataset="digits")
-    with pytest.raises(WorkloadError) as e:
+    with pytest.raises(DataError) as e:
         wl.dataset("test")
-    assert str(e.value) == ("fake.npz: images of shape (32, 32, 3) (H, W, C) do not fit network "
-                            "mobilenet, which takes (8, 8, 1)")
+    assert str(e.value) == ("fake.npz: images of shape (32, 32, 3) (H, W, C), network mobilenet "
+                            "expects (8, 8, 1)")
     with pytest.raises(Exception, match="expected digits | cifar10 or a workload YAML"):
         W.load_workload(tmp_path / "mobilenet.onnx", dataset="imagenet")
 

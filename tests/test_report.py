@@ -10,8 +10,9 @@ import pytest
 
 from archsim import atomic
 from archsim import report as rep
-from archsim.cli import _parse_times
-from archsim.errors import ConfigError
+import argparse
+
+from archsim.cli import parse_times
 
 
 def fake_report() -> dict:
@@ -50,12 +51,12 @@ def test_format_time_s_uses_natural_units():
 
 
 def test_parse_times_units_and_errors():
-    assert _parse_times("25s,1h,1d,1mo,1y") == (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
-    assert _parse_times("100,2.5h") == (100.0, 9000.0)
-    with pytest.raises(ConfigError, match="--times"):
-        _parse_times("1 week")
-    with pytest.raises(ConfigError):
-        _parse_times("0s")
+    assert parse_times("25s,1h,1d,1mo,1y") == (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
+    # in time order, each once (accuracy vs time is plotted as a line)
+    assert parse_times("100,2.5h, 1e3 s,30min,100s") == (100.0, 1000.0, 1800.0, 9000.0)
+    for bad in ("1 week", "0s", "nan", "inf", "-5s", "1e999", "", "1h,"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected times after programming"):
+            parse_times(bad)
 
 
 def test_accuracy_table_cells_are_mean_pm_std_percent():

@@ -253,9 +253,10 @@ def test_resnet32_lossless_training_images_are_all_right():
     assert (np.argmax(forward(wl.network, params, raw), 1) == ds.labels[:100]).sum() < 95
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_resnet32_fp32_accuracy_on_jpeg_test_set():
-    """The FP32 reference: exactly 8256 of 10000 (82.56%, README section 4). Takes ~1 minute."""
+    """The FP32 reference: exactly 8256 of 10000 (82.56%, README section 4). Takes 1-2 minutes."""
     shared_file("cifar10_test.npz")
     wl = load_workload("resnet32_cifar10", data_dir=shared_file(WEIGHTS).parent)
     params = wl.load_params()

@@ -13,11 +13,17 @@ non-replicated one. The report gives, per compensation and time, mean ± std ove
 chip, the difference of the means and where the replicated mean falls against the spread (std and
 min..max) of the non-replicated chips. A JSON file beside the Markdown holds the numbers. Needs
 ../shared/data (or $ARCHSIM_DATA). ``--images 200 --seeds 1`` checks that it runs (~1 min).
+
+``--control N``: only a control experiment on N test images, GDC at the first time: per chip, the
+one-copy mapping, the replicated one, and the replicated one with every copy given copy 0's
+devices (same programming noise and drift; reads stay per copy). If independent programming of
+the copies is what changes the accuracy, the third matches the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +36,7 @@ if (REPO.parent / "shared" / "data").is_dir():
     os.environ.setdefault("ARCHSIM_DATA", str(REPO.parent / "shared" / "data"))
 
 from archsim.atomic import atomic_write_text  # noqa: E402
+from archsim import functional as F  # noqa: E402
 from archsim.functional import COMPENSATIONS, evaluate_accuracy  # noqa: E402
 from archsim.mapping import map_network  # noqa: E402
 from archsim.report import format_time_s  # noqa: E402
@@ -67,6 +74,40 @@ def run(args) -> dict:
             "arrays": mapping.arrays_needed, "copies": sum(lm.copies for lm in mapping.analog_layers),
             "plan": mapping.plan.lines() if mapping.plan else []}
     return results
+
+
+def cloned_copies(chip: F.ProgrammedChip, streams) -> F.ProgrammedChip:
+    """``chip`` with every copy of a replicated layer on copy 0's devices (its GDC baselines read
+    again)."""
+    layers = {key: (dataclasses.replace(chip.layers[pl.name], copy=pl.copy,
+                                        array_index=pl.array_index) if pl.copy else pl)
+              for key, pl in chip.layers.items()}
+    chip = dataclasses.replace(chip, layers=layers)
+    base = streams.child("baseline")
+    levels = chip.gdc_levels(chip.state_at(0.0, base), base)
+    return dataclasses.replace(chip, layers={n: dataclasses.replace(pl, gdc_baseline=levels[n])
+                                             for n, pl in chip.layers.items()})
+
+
+def control(args) -> list[dict]:
+    chip, wl = load(args.chip, args.workload, overrides=dict(VARIANTS)["auto"])
+    inputs = accuracy_inputs(wl, test_images=args.control, calib_images=0, calibration=False)
+    rows = []
+    for k in range(args.seeds):
+        row = {"chip": k}
+        for label in ("none", "auto", "auto, copies on copy 0's devices"):
+            overrides = dict(VARIANTS)["none" if label == "none" else "auto"]
+            mapping = map_network(load(args.chip, args.workload, overrides=overrides)[0],
+                                  wl.network)
+            streams = F.chip_streams(args.seed, mapping.chip.mapping.policy, k)
+            programmed = F.program_chip(mapping, inputs.params, streams)
+            if label.startswith("auto,"):
+                programmed = cloned_copies(programmed, streams)
+            ts = streams.child("time", 0)
+            row[label] = F.test_pass(programmed.at(args.times[0], ts), inputs.test, ts, "gdc")
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
 def verdicts(results: dict) -> list[dict]:
@@ -129,8 +170,17 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-images", type=int, default=1000)
     ap.add_argument("--out", default=str(REPO / "reports" / "replication_accuracy_resnet32.md"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--control", type=int, metavar="N", default=0,
+                    help="only the control experiment (copies on copy 0's devices), N images")
     args = ap.parse_args(argv)
     args.times = tuple(parse_time(t) for t in args.times.split(","))
+    if args.control:
+        rows = control(args)
+        labels = [k for k in rows[0] if k != "chip"]
+        print(f"GDC at {args.times[0]:g} s, {args.control} test images, accuracy %:")
+        for label in labels:
+            print(f"  {label}: " + ", ".join(f"{100 * r[label]:.2f}" for r in rows))
+        return 0
     start = time.perf_counter()
     results = run(args)
     rows = verdicts(results)

@@ -61,6 +61,20 @@ ReLU row r; global pool, flatten and linear all rows. Row-block partial sums of 
 sent (ADC codes, ``ceil(adc.bits/8)`` bytes) to the tile of row block 0 of their column block and
 added there (``accumulator.add``, ``affine.lanes`` adds per cycle).
 
+Copies and packing (:mod:`archsim.mapping`): the copies of a replicated layer work on the same
+output row at once, copy c on its columns ``copy_cols[c]``; an array holding several packed copies
+of a block drives their rows and converts their columns in one MVM (stages of
+``mvm_stages(sum of their rows, sum of their columns)``), running the widest of their shares in
+MVMs per row. The row holds the layer's tiles for the largest per-tile sum of (MVMs x interval);
+each copy receives the input columns its output columns' windows read (neighbouring copies of a
+conv both receive the columns between them); per-pixel actions (DAC rows, conversions, affine,
+buffer bytes) do not depend on the copies, ``pcm_array.mvm`` counts array MVMs (a packed MVM
+reads several blocks: the accounting charges ``read_utilization``). Layers whose blocks share an
+array (``packing: layers``) take turns on its tile: a row of one waits while the other holds it,
+even when both are ready (one MVM drives one layer's rows; two layers firing in the same MVM is
+not modelled). A vector layer works where its first operand lives, each router on its share, so
+that operand does not move.
+
 Non-matrix layers: BatchNorm folds into the affine unit (analog) or the systolic output stage
 (digital); ReLU and Flatten are fused into the producer's output write: all three cost nothing and
 report their producer's times. Add, pools, global pool and the option-A shortcut run where their

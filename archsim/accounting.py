@@ -5,7 +5,9 @@ Steady state (what the headline figures are):
 
 - Dynamic energy per inference = sum over one inference's actions of (count x energy per action).
   One exception: a ``pcm_array.mvm`` is charged for the devices that hold weights only (x the
-  layer's mapping utilization): undriven rows and unprogrammed columns carry no read current.
+  layer's ``read_utilization``: the weight devices its pixels read per array MVM; with packed
+  copies one MVM reads several blocks): undriven rows and unprogrammed columns carry no read
+  current.
 - Leakage energy per inference = leakage power of the chip x the steady-state interval between
   inference completions (the chip leaks all the time; with several inferences in flight one
   inference leaves every interval).
@@ -182,7 +184,7 @@ def _layer_dynamic(comps, mapping, timing) -> dict[str, dict[str, float]]:
     """Per layer, per component: dynamic energy of one inference."""
     out = {}
     for lt in timing.layers:
-        util = {"pcm_array.mvm": mapping.layer(lt.name).utilization} \
+        util = {"pcm_array.mvm": mapping.layer(lt.name).read_utilization} \
             if lt.actions.get("pcm_array.mvm") else {}
         out[lt.name] = _dynamic(comps, lt.actions, util)
     return out

@@ -40,13 +40,17 @@ DEFAULT_CHIP = "pcm_hybrid"
 
 def spec(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
          lo_open: bool = False, choices: tuple[str, ...] | None = None, doc: str = "", factory=None,
-         why: str = "", required: bool | str = False):
+         why: str = "", required: bool | str = False, check=None):
     """A dataclass field with its validation rule: ``lo <= value <= hi`` (``lo < value`` when
-    ``lo_open``), or one of ``choices``. ``why`` says where ``hi`` comes from (a physical sanity
-    limit; the error message quotes it). ``required`` (True, or the reason as text): a file must give
-    the key (the default only serves the Python API)."""
+    ``lo_open``), or one of ``choices``; or ``check(value)``, which returns the value to store or
+    raises ``ValueError(message[, key inside the field])`` (a field of several shapes). ``why`` says
+    where ``hi`` comes from (a physical sanity limit; the error message quotes it). ``required``
+    (True, or the reason as text): a file must give the key (the default only serves the Python
+    API)."""
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc, "why": why,
             "required": required}
+    if check is not None:
+        meta["check"] = check
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -245,6 +249,20 @@ class Chip:
         return 1000.0 / self.clock_mhz
 
 
+def _replication(value: Any) -> Any:
+    """``mapping.replication``: none | auto | {layer: copies}."""
+    if isinstance(value, str) and value in ("none", "auto"):
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, copies in value.items():
+            if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+                raise ValueError(f"expected a number of copies >= 1, got {copies!r}", str(key))
+            out[str(key)] = copies
+        return types.MappingProxyType(out)
+    raise ValueError(f"expected none | auto | a mapping layer -> copies, got {_describe(value)}")
+
+
 @dataclass(frozen=True)
 class MappingConfig:
     policy: str = spec("hybrid", choices=("hybrid", "all-digital", "all-analog"))
@@ -252,6 +270,14 @@ class MappingConfig:
                                         choices=("analog", "digital"),
                                         doc="layer name -> analog | digital (wins over the policy)")
     time_multiplex: bool = spec(False, doc="reprogram arrays when the network does not fit")
+    replication: str | Mapping[str, int] = spec(
+        "none", check=_replication,
+        doc="copies of an analog layer's weights on other arrays, its output pixels spread over "
+            "them: none | auto (balance the pipeline with the arrays left) | {layer: copies}")
+    packing: str = spec("none", choices=("none", "copies", "layers"),
+                        doc="blocks sharing one array (block-diagonal: disjoint rows and columns): "
+                            "none; copies (a layer's copies, several output pixels per MVM); "
+                            "layers (also blocks of different layers, which take turns)")
 
 
 @dataclass(frozen=True)
@@ -732,6 +758,13 @@ def _describe(value: Any) -> str:
 
 def _convert(tp, f, value: Any, file: str, path: str, sources: dict[str, str]) -> Any:
     line = _line(sources, path)
+    check = f.metadata.get("check")
+    if check is not None:
+        try:
+            return check(value)
+        except ValueError as exc:
+            where = f"{path}.{exc.args[1]}" if len(exc.args) > 1 else path
+            raise ConfigError(file, where, str(exc.args[0]), _line(sources, where) or line) from None
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):

@@ -28,6 +28,20 @@ run seed, per mapping and programmed chip):
 - :func:`evaluate_accuracy` is the Monte Carlo driver; it also counts, per layer and time, the
   conversions that clip and that read zero.
 
+Copies (``mapping.replication``): each copy of a replicated layer is programmed on its own arrays
+with its own stream (``program/layer/<i>/copy/<c>``, i the layer's position among the matrix
+layers, so a network imported from ONNX programs like the built-in one; copy 0 keeps the chip's
+``program`` stream), so it has its own programming noise, drift exponents and read-noise samples; it sits in
+the chip's layer dicts under :func:`archsim.mapping.copy_key` (``name#copy<c>``). Each output pixel
+is computed on the copy the mapping assigns it to (:func:`on_copies`: copy c takes the output
+columns ``copy_cols[c]`` of every output row), with that copy's read; the DAC codes of a pixel do
+not depend on the copy. What is per copy and what per layer follows the hardware: GDC is per
+array (packed blocks on one array share one factor: their readouts are pooled, weighted by the
+outputs each block contributes); the ADC range (``adc.range: calibrated``) is set per layer from
+the outputs of all its copies, and the BatchNorm affine periphery (AdaBS included) is per layer,
+the same scale and offset programmed into every copy's affine unit: BatchNorm statistics are
+per output channel over all pixels, and per-copy gain differences are what GDC corrects.
+
 Units inside an array are normalized as in aihwkit: inputs divided by their abs-max (in [-1, 1]),
 weights as (sum G+ - sum G-) / (D g_max) (in [-1, 1], D devices per polarity), so the ADC bound,
 its output noise and the GDC readout are in those units. The digital side multiplies back by
@@ -45,7 +59,7 @@ import numpy as np
 from . import kernels
 from .datasets import Dataset
 from .errors import ConfigError
-from .mapping import LayerMapping, Mapping
+from .mapping import LayerMapping, Mapping, copy_key
 from .network import Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, matrix_input
 from .pcm import PCMModel, targets
 from .progress import Progress, format_time_s
@@ -119,6 +133,8 @@ class ProgrammedLayer:
     nu_neg: np.ndarray
     adc_bound: float | None         # this layer's ADC bound, normalized units
     gdc_baseline: np.ndarray | None = None   # (B, C) mean |readout| right after programming
+    copy: int = 0                   # which copy of the layer's weights (replication)
+    array_index: np.ndarray | None = None    # (B, C) int64 array of each block, -1 where none
 
     @property
     def devices(self) -> int:
@@ -131,7 +147,8 @@ class ProgrammedChip:
     params: dict
     model: PCMModel
     converters: Converters
-    layers: dict                    # name -> ProgrammedLayer (analog layers)
+    layers: dict                    # copy key -> ProgrammedLayer (analog layers; copy c >= 1 of a
+    #                                 replicated layer under mapping.copy_key(name, c))
     digital: dict                   # name -> (K, N) float32 weight matrix (digital layers)
     read_noise: str = "per-read"    # per-read | frozen
 
@@ -169,8 +186,9 @@ class ProgrammedChip:
             read = state.read(streams("read", "gdc"))
             wn = {n: lr.wn for n, lr in read.layers.items()}
         noise_rng = streams("adc-noise", "gdc")
-        return {n: gdc_readout(wn[n], pl, self.converters, noise_rng)
-                for n, pl in self.layers.items()}
+        return _pool_per_array({n: gdc_readout(wn[n], pl, self.converters, noise_rng)
+                                for n, pl in self.layers.items()},
+                               self.layers, self.converters.gdc_input == "one-hot")
 
     def at(self, t_s: float, streams: "Streams | np.random.Generator | int") -> "ChipState":
         """The chip ``t_s`` seconds after programming, its GDC factors read through the GDC path
@@ -309,23 +327,51 @@ def gdc_readout(wn: np.ndarray, pl: ProgrammedLayer, conv: Converters,
     return out
 
 
+def _pool_per_array(levels: dict, layers: dict, one_hot: bool) -> dict:
+    """GDC is per array: where blocks share an array (packed copies or layers), their mean
+    |readout| levels become the array's, each block weighted by the outputs it averaged (one-hot:
+    rows x columns; all-ones: columns). Arrays of one block keep their level untouched."""
+    members: dict[int, list] = {}
+    for key, pl in layers.items():
+        if pl.array_index is None:
+            continue
+        for b, (r0, r1) in enumerate(pl.row_bounds):
+            for c, (c0, c1) in enumerate(pl.col_bounds):
+                index = int(pl.array_index[b, c])
+                if index >= 0:
+                    outputs = (int(r1 - r0) if one_hot else 1) * (c1 - c0)
+                    members.setdefault(index, []).append((key, b, c, outputs))
+    shared = [m for m in members.values() if len(m) > 1]
+    if not shared:
+        return levels
+    out = {k: np.array(v, copy=True) for k, v in levels.items()}
+    for m in shared:
+        level = sum(levels[k][b, c] * w for k, b, c, w in m) / sum(w for *_, w in m)
+        for k, b, c, _w in m:
+            out[k][b, c] = level
+    return out
+
+
 def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Converters,
                   per_column: bool, devices: int, rng: np.random.Generator,
-                  mask: np.ndarray | None = None) -> ProgrammedLayer:
-    """Targets, programming noise and drift exponents of one analog layer's devices (no readout
-    yet). ``mask`` (K, N): the devices that hold a weight (the diagonal blocks of a grouped conv);
-    the others stay in the RESET state (0 conductance, no programming noise, no read noise).
-    Columns of a row block that no array covers get unit 0 (no output)."""
+                  mask: np.ndarray | None = None, copy: int = 0) -> ProgrammedLayer:
+    """Targets, programming noise and drift exponents of the devices of copy ``copy`` of one analog
+    layer (no readout yet). ``mask`` (K, N): the devices that hold a weight (the diagonal blocks of
+    a grouped conv); the others stay in the RESET state (0 conductance, no programming noise, no
+    read noise). Columns of a row block that no array covers get unit 0 (no output)."""
     row_bounds = np.array(lm.row_bounds(), np.int64).reshape(-1, 2)
     col_bounds = tuple(lm.col_bounds())
     row_block = {bounds: b for b, bounds in enumerate(lm.row_bounds())}
+    col_block = {bounds: c for c, bounds in enumerate(col_bounds)}
     unit = np.zeros((len(row_bounds), lm.n))
     scale_full = np.ones(w.shape)
-    for a in lm.arrays:
+    array_index = np.full((len(row_bounds), len(col_bounds)), -1, np.int64)
+    for a in lm.blocks_of(copy):
         r0, r1, c0, c1 = a.row_start, a.row_stop, a.col_start, a.col_stop
         s = _block_scales(w[r0:r1, c0:c1], devices * model.g_max_us, per_column)
         unit[row_block[(r0, r1)], c0:c1] = 1.0 / s
         scale_full[r0:r1, c0:c1] = s
+        array_index[row_block[(r0, r1)], col_block[(c0, c1)]] = a.index
     gt_pos, gt_neg = targets(w, scale_full, model.g_max_us, devices)    # per device
     shape = (devices, *w.shape)
     g_pos = model.program(np.broadcast_to(gt_pos, shape), rng)           # (P1)
@@ -336,7 +382,7 @@ def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Conver
         g_pos = np.where(mask, g_pos, 0.0)
         g_neg = np.where(mask, g_neg, 0.0)
     return ProgrammedLayer(lm.name, row_bounds, col_bounds, unit, g_pos, g_neg, nu_pos, nu_neg,
-                           conv.adc_bound)
+                           conv.adc_bound, copy=copy, array_index=array_index)
 
 
 def program_chip(mapping: Mapping, params: dict, streams: "Streams | np.random.Generator | int",
@@ -344,7 +390,8 @@ def program_chip(mapping: Mapping, params: dict, streams: "Streams | np.random.G
                  calibration_images: np.ndarray | None = None, batch_size: int = 128
                  ) -> ProgrammedChip:
     """Program every analog layer of ``mapping`` once (targets, programming noise, drift exponents:
-    stream ``program``), set the ADC ranges (``adc.range: calibrated``: from
+    stream ``program``; copy c >= 1 of the i-th matrix layer: ``program/layer/<i>/copy/<c>``), set
+    the ADC ranges (``adc.range: calibrated``: from
     ``calibration_images``, normalized network inputs, through the freshly programmed chip with a
     read of its own), then read the GDC baselines through the GDC path (their own read).
     ``streams``: this chip's stream tree (or a generator/seed to derive it).
@@ -358,12 +405,16 @@ def program_chip(mapping: Mapping, params: dict, streams: "Streams | np.random.G
     d = devices_per_polarity(mapping)
     rng = streams("program")
     layers, digital = {}, {}
-    for lm in mapping.layers:
+    for li, lm in enumerate(mapping.layers):
         layer = net.layer(lm.name)
         w = layer.weight_matrix(params)
         if lm.analog:
-            layers[lm.name] = program_layer(lm, w.astype(np.float64), model, conv, per_column, d,
-                                            rng, layer.weight_mask(lm.k))
+            w64, mask = w.astype(np.float64), layer.weight_mask(lm.k)
+            layers[lm.name] = program_layer(lm, w64, model, conv, per_column, d, rng, mask)
+            for c in range(1, lm.copies):       # each copy on arrays of its own
+                layers[copy_key(lm.name, c)] = program_layer(
+                    lm, w64, model, conv, per_column, d,
+                    streams("program", "layer", li, "copy", c), mask, copy=c)
         else:
             digital[lm.name] = w
     chip = ProgrammedChip(mapping, params, model, conv, layers, digital, device.read_noise)
@@ -389,26 +440,27 @@ _replace = dataclasses.replace
 def calibrate_adc_ranges(chip: ProgrammedChip, images: np.ndarray, streams: Streams,
                          batch_size: int) -> dict[str, float]:
     """Each analog layer's ADC bound: the ``range_percentile`` of |analog output| (normalized
-    units, over its row blocks and columns) on ``images`` run through the chip right after
-    programming (a read of its own, no clipping or rounding during the calibration)."""
+    units, over its row blocks, columns and copies) on ``images`` run through the chip right after
+    programming (a read of its own, no clipping or rounding during the calibration). Returned per
+    copy key (every copy of a layer gets the layer's bound)."""
     conv = chip.converters
     open_conv = _replace(conv, adc_bits=None, adc_bound=None, adc_noise=0.0)
     open_layers = {n: _replace(pl, adc_bound=None) for n, pl in chip.layers.items()}
     open_chip = _replace(chip, converters=open_conv, layers=open_layers)
     state = ChipState(open_chip, 0.0, open_chip.devices_at(0.0), {})
-    seen: dict[str, list[np.ndarray]] = {n: [] for n in chip.layers}
+    seen: dict[str, list[np.ndarray]] = {pl.name: [] for pl in chip.layers.values()}
     rng = streams("read", "adc-range")
     ws = Workspace()
     for start in range(0, len(images), batch_size):
         read = state.read(rng)
         analog_forward(read, images[start:start + batch_size], gdc=False, workspace=ws,
                        observe=lambda name, y: seen[name].append(np.abs(y).ravel()))
-    out = {}
+    per_layer = {}
     for name, parts in seen.items():
         values = np.concatenate(parts) if parts else np.zeros(1)
         bound = float(np.percentile(values, conv.range_percentile))
-        out[name] = bound if bound > 0 else float(conv.adc_bound or 1.0)
-    return out
+        per_layer[name] = bound if bound > 0 else float(conv.adc_bound or 1.0)
+    return {key: per_layer[pl.name] for key, pl in chip.layers.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -495,6 +547,7 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
     # an analog conv whose only consumer is a BatchNorm gets the BN affine in its ADC pass (the
     # per-column periphery of the hardware); that BN is then the identity
     fused = {} if batchnorm is not None else _fusable_batchnorms(net, read.layers)
+    replicated = {lm.name: lm for lm in chip.mapping.analog_layers if lm.copies > 1}
     dac_absmax: dict[str, np.ndarray] = {}
 
     def patches(layer: MatrixLayer, a: np.ndarray, workspace: Workspace) -> np.ndarray:
@@ -522,13 +575,23 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
         counts = None
         if adc_counts is not None:
             counts = adc_counts.setdefault(layer.name, np.zeros(3, np.int64))
-        # conv patches are fresh or scratch buffers of the workspace: the DAC may overwrite them
-        return analog_matmul(lr, cols, chip.converters, gdc=gdc, workspace=ws, noise_rng=noise_rng,
-                             in_place=layer.input_is_copy,
-                             affine=None if bn_name is None else bn.affine[bn_name],
-                             dac_absmax=dac_absmax.pop(layer.name, None), counts=counts,
-                             observe=None if observe is None else
-                             (lambda y, name=layer.name: observe(name, y)))
+
+        def run(layer_read: LayerRead, x: np.ndarray, absmax: np.ndarray | None,
+                in_place: bool) -> np.ndarray:
+            return analog_matmul(layer_read, x, chip.converters, gdc=gdc, workspace=ws,
+                                 noise_rng=noise_rng, in_place=in_place,
+                                 affine=None if bn_name is None else bn.affine[bn_name],
+                                 dac_absmax=absmax, counts=counts,
+                                 observe=None if observe is None else
+                                 (lambda y, name=layer.name: observe(name, y)))
+
+        absmax = dac_absmax.pop(layer.name, None)
+        lm = replicated.get(layer.name)
+        if lm is None:
+            # conv patches are fresh or scratch buffers of the workspace: the DAC may overwrite them
+            return run(lr, cols, absmax, layer.input_is_copy)
+        reads = [read.layers[copy_key(lm.name, c)] for c in range(lm.copies)]
+        return on_copies(reads, lm.copy_cols, lm.width, cols, absmax, run)
 
     fused_bns = set(fused.values())
 
@@ -540,6 +603,30 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
 
     return forward(net, chip.params, x, matmul=matmul, batchnorm=batchnorm or affine, workspace=ws,
                    matrix_input_hook=patches)
+
+
+def on_copies(reads: Sequence[LayerRead], copy_cols: Sequence[tuple[int, int]], width: int,
+              cols: np.ndarray, dac_absmax: np.ndarray | None,
+              run: Callable[[LayerRead, np.ndarray, np.ndarray | None, bool], np.ndarray]
+              ) -> np.ndarray:
+    """A replicated layer's MVMs, each output pixel on its copy: the rows of ``cols`` (one per
+    output pixel, in (image, output row, output column) order, ``width`` columns per output row)
+    are split by output column, copy c taking columns ``copy_cols[c]`` of every row; each copy's
+    rows run as ``run(its read, its rows, their DAC abs-maxes or None, in_place=True)`` (the rows
+    are a fresh gather) and its outputs are scattered back into pixel order."""
+    p, k = cols.shape
+    lines = p // width
+    x = cols.reshape(lines, width, k)
+    am = None if dac_absmax is None else dac_absmax.reshape(lines, width, -1)
+    out = None
+    for layer_read, (w0, w1) in zip(reads, copy_cols):
+        xc = np.ascontiguousarray(x[:, w0:w1]).reshape(-1, k)
+        ac = None if am is None else np.ascontiguousarray(am[:, w0:w1]).reshape(-1, am.shape[2])
+        y = run(layer_read, xc, ac, True)
+        if out is None:
+            out = np.empty((lines, width, y.shape[1]), y.dtype)
+        out[:, w0:w1] = y.reshape(lines, w1 - w0, -1)
+    return out.reshape(p, -1)
 
 
 def _fusable_batchnorms(net: Network, analog: dict) -> dict[str, str]:

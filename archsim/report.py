@@ -61,7 +61,8 @@ def _pct(x: float) -> str:
 # ------------------------------------------------------------------------------------------
 
 def format_mapping(mapping: Mapping, tablefmt: str = "simple") -> str:
-    """Layer -> placement, matrix size, split, arrays, utilization, MACs; with totals."""
+    """Layer -> placement, matrix size, split, arrays, copies, blocks per array, utilization, MACs;
+    with totals, then what replication and packing did."""
     return _mapping_table(mapping.to_dict(), mapping.network.name, mapping.chip.chip,
                           tablefmt=tablefmt)
 
@@ -76,11 +77,15 @@ def _mapping_table(m: dict, network_name: str, chip, tablefmt: str = "simple") -
         rows.append([lm["name"], lm["kind"], lm["placement"], size,
                      f"{lm['row_blocks']}x{lm['col_blocks']}" if analog else "-",
                      lm["arrays"] if analog else "-",
+                     lm.get("copies", 1) if analog else "-",
+                     f"{lm.get('blocks_per_array', 1):g}" if analog else "-",
                      f"{100 * lm['utilization']:.1f}%" if analog else "-", f"{lm['macs']:,}",
                      ("yes" if lm.get("batchnorm") else "no") if analog else "-"])
     t = m["totals"]
+    blocks_per_array = f"{t['blocks'] / t['arrays']:.2g}" if t.get("blocks") and t["arrays"] else ""
     rows.append(["total", "", f"{t['analog_layers']} analog / {t['digital_layers']} digital", "",
-                 "", f"{t['arrays']} of {t['arrays_available']}", f"{100 * t['utilization']:.1f}%",
+                 "", f"{t['arrays']} of {t['arrays_available']}", t.get("copies", ""),
+                 blocks_per_array, f"{100 * t['utilization']:.1f}%",
                  f"{t['macs']:,}", f"{t.get('adabs_layers', 0)} of {t['analog_layers']}"])
     head = (f"{network_name} on {chip.name} ({m['policy']}): "
             f"{chip.tiles.array.rows}x{chip.tiles.array.cols} arrays, "
@@ -91,9 +96,51 @@ def _mapping_table(m: dict, network_name: str, chip, tablefmt: str = "simple") -
                  f"of {t['analog_layers']} analog layers (the others have no BatchNorm, e.g. "
                  "folded into a conv bias)")
     table = tabulate(rows, headers=["layer", "kind", "placement", "K x N", "row x col blocks",
-                                    "arrays", "utilization", "MACs", "AdaBS"], tablefmt=tablefmt,
-                     disable_numparse=True)
-    return head + "\n" + table
+                                    "arrays", "copies", "blocks/array", "utilization", "MACs",
+                                    "AdaBS"], tablefmt=tablefmt, disable_numparse=True)
+    foot = list((m.get("replication") or {}).get("lines", []))
+    shared = [lm for lm in m["layers"] if lm.get("shares_arrays_with")]
+    if shared:
+        foot.append("arrays shared between layers (they take turns): " + "; ".join(
+            f"{lm['name']} with {', '.join(lm['shares_arrays_with'])}" for lm in shared))
+    return head + "\n" + table + ("\n" + "\n".join(foot) if foot else "")
+
+
+def replication_table(report: dict, tablefmt: str = "simple") -> tuple[str, list[str]] | None:
+    """What replication and packing made of the analog layers, consecutive layers alike in one
+    row: copies, arrays, blocks per array, MVMs per output row (of its output pixels per row) and
+    utilization; with the planner's lines (mode, estimated interval before/after, why it
+    stopped) and the array totals. None for a mapping without analog layers."""
+    m = report["mapping"]
+    groups: list[list] = []
+    for lm in m.get("layers", ()):
+        if lm["placement"] != "analog":
+            continue
+        cols = lm.get("copy_cols") or [[0, 1]]
+        width = cols[-1][1]
+        per_row = max(w1 - w0 for w0, w1 in cols)
+        cells = [f"{lm['k']}x{lm['n']}", str(lm.get("copies", 1)), str(lm["arrays"]),
+                 f"{lm.get('blocks_per_array', 1):g}", f"{per_row} of {width}",
+                 f"{100 * lm['utilization']:.1f}%"]
+        if groups and groups[-1][1] == cells:
+            groups[-1][0].append(lm["name"])
+        else:
+            groups.append([[lm["name"]], cells])
+    if not groups:
+        return None
+    rows = [[names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)})", *cells]
+            for names, cells in groups]
+    table = tabulate(rows, headers=["analog layers", "K x N", "copies", "arrays (each)",
+                                    "blocks/array", "MVMs per output row", "utilization"],
+                     tablefmt=tablefmt, disable_numparse=True)
+    lines = list((m.get("replication") or {}).get("lines", []))
+    t = m.get("totals", {})
+    if "arrays" in t:
+        lines.append(f"{t['arrays']} of {t['arrays_available']} arrays on {t['tiles_used']} tiles; "
+                     f"{t.get('packed_arrays', 0)} arrays hold several blocks "
+                     f"({t.get('shared_arrays', 0)} of them blocks of several layers); "
+                     f"utilization {100 * t['utilization']:.1f}%")
+    return table, lines
 
 
 def _spread(acc: dict) -> bool:
@@ -308,6 +355,9 @@ def terminal_report(report: dict) -> str:
                   accuracy_table(acc)]
         if acc.get("series"):
             parts += [ACCURACY_LEGEND, read_model_line(acc)]
+    rep_table = replication_table(report) if report.get("mapping") else None
+    if rep_table:
+        parts += ["", "Replication and packing:", rep_table[0], *rep_table[1]]
     if report.get("timing"):
         t = report["timing"]
         parts += ["", f"Timing ({plural(t['inferences'], 'inference')} in flight, clock "
@@ -349,6 +399,10 @@ def markdown_report(report: dict, plots: Sequence[str] = ()) -> str:
             md += ["### ADC conversions", "",
                    "Share of the test passes' conversions per analog layer that clipped at the "
                    "ADC bound and that read zero:", "", adc, ""]
+    rep_table = replication_table(report, "github")
+    if rep_table:
+        md += ["## Replication and packing", "", rep_table[0], ""] + [f"- {x}" for x in rep_table[1]]
+        md += [""]
     md += ["## Mapping", "", "```", report["mapping"].get("table", ""), "```", ""]
     if report.get("timing"):
         t = report["timing"]
@@ -589,6 +643,11 @@ def compare_table(a: dict, b: dict, tablefmt: str = "simple") -> str:
                 rows.append([f"accuracy at {format_time_s(t)}, {comp} (%)", cells_a[i],
                              cells_b[i] if i < len(cells_b) else "-",
                              f"{va / vb:.3f}" if va is not None and vb else "-"])
+    ta, tb = (r.get("mapping", {}).get("totals", {}) for r in (a, b))
+    if "arrays" in ta and "arrays" in tb:
+        rows.append(["arrays / tiles used (weight copies)",
+                     f"{ta['arrays']} / {ta['tiles_used']} ({ta.get('copies', 0)})",
+                     f"{tb['arrays']} / {tb['tiles_used']} ({tb.get('copies', 0)})", "-"])
     for key, label in COMPARE_ROWS:
         va, vb = a["summary"].get(key), b["summary"].get(key)
         if va is None or vb is None:

@@ -61,6 +61,20 @@ ReLU row r; global pool, flatten and linear all rows. Row-block partial sums of 
 sent (ADC codes, ``ceil(adc.bits/8)`` bytes) to the tile of row block 0 of their column block and
 added there (``accumulator.add``, ``affine.lanes`` adds per cycle).
 
+Copies and packing (:mod:`archsim.mapping`): the copies of a replicated layer work on the same
+output row at once, copy c on its columns ``copy_cols[c]``; an array holding several packed copies
+of a block drives their rows and converts their columns in one MVM (stages of
+``mvm_stages(sum of their rows, sum of their columns)``), running the widest of their shares in
+MVMs per row. The row holds the layer's tiles for the largest per-tile sum of (MVMs x interval);
+each copy receives the input columns its output columns' windows read (neighbouring copies of a
+conv both receive the columns between them); per-pixel actions (DAC rows, conversions, affine,
+buffer bytes) do not depend on the copies, ``pcm_array.mvm`` counts array MVMs (a packed MVM
+reads several blocks: the accounting charges ``read_utilization``). Layers whose blocks share an
+array (``packing: layers``) take turns on its tile: a row of one waits while the other holds it,
+even when both are ready (one MVM drives one layer's rows; two layers firing in the same MVM is
+not modelled). A vector layer works where its first operand lives, each router on its share, so
+that operand does not move.
+
 Non-matrix layers: BatchNorm folds into the affine unit (analog) or the systolic output stage
 (digital); ReLU and Flatten are fused into the producer's output write: all three cost nothing and
 report their producer's times. Add, pools, global pool and the option-A shortcut run where their
@@ -134,7 +148,7 @@ from .components import (FP32_BYTES, Router, SystolicArray, TileParts, chip_part
                          systolic_cycles, systolic_sram_bytes, tile_parts)
 from .config import ChipConfig
 from .errors import ConfigError
-from .mapping import LayerMapping, Mapping
+from .mapping import LayerMapping, Mapping, input_columns
 from .network import INPUT, Layer, Network
 
 __all__ = ["MvmStages", "mvm_stages", "systolic_cycles", "systolic_sram_bytes",
@@ -453,20 +467,21 @@ class _Plan:
             if layer.is_matrix:
                 lm = by_name[layer.name]
                 m = lm.mvms
-                width = out_shape[1] if len(out_shape) == 3 else 1
                 if lm.analog:
-                    node = self._analog_node(layer, lm, rows, row_values, width, psum_bytes, ic)
-                    st_all = [mvm_stages(self.tile, a.rows_used, a.weight_cols_used)
-                              for a in lm.arrays]
-                    add_actions(node, "pcm_array.mvm", m * len(lm.arrays))
-                    add_actions(node, "dac.drive", m * sum(a.rows_used for a in lm.arrays))
+                    node = self._analog_node(layer, lm, rows, row_values, psum_bytes)
+                    # each pixel drives the rows and converts the columns of one copy's blocks;
+                    # an array MVM (packed copies fire together) reads its blocks' devices
+                    one = lm.blocks_of(0)
+                    st_all = [mvm_stages(self.tile, a.rows_used, a.weight_cols_used) for a in one]
+                    add_actions(node, "pcm_array.mvm", lm.array_mvms)
+                    add_actions(node, "dac.drive", m * sum(a.rows_used for a in one))
                     add_actions(node, "adc.conversion", m * sum(
-                        a.weight_cols_used * s.steps for a, s in zip(lm.arrays, st_all)))
+                        a.weight_cols_used * s.steps for a, s in zip(one, st_all)))
                     add_actions(node, "affine.op", m * lm.n)
                     add_actions(node, "accumulator.add", m * lm.n * (lm.row_blocks - 1))
                     add_actions(node, "tile_buffer.byte", m * sum(
                         a.rows_used * analog_bytes + a.weight_cols_used * psum_bytes
-                        for a in lm.arrays))
+                        for a in one))
                     for s, d_, b in node.psums:
                         add_actions(node, "interconnect.byte_hop", rows * b * ic.hops(s, d_))
                 else:
@@ -489,7 +504,9 @@ class _Plan:
                 declared = net.shape(src_name) if src_name != INPUT else tuple(net.input_shape)
                 need = _need_fn(layer, in_index, declared, src.rows)
                 if node.role == "analog":
-                    dst_loc = [(a.tile, a.rows_used / node.lm.k) for a in node.lm.arrays]
+                    share = _input_shares(layer, node.lm, declared)
+                    dst_loc = [(a.tile, a.rows_used / node.lm.k * share[a.copy])
+                               for a in node.lm.arrays]
                 elif node.role == "digital":
                     dst_loc = [(D, 1.0)]
                 else:
@@ -498,13 +515,17 @@ class _Plan:
                                         D in [r for r, _ in dst_loc]) else analog_bytes
                 sends = []
                 row_bytes: dict[int, int] = {}
-                for s, fs in src.loc:
-                    for d_, gd in dst_loc:
-                        b = math.ceil(src.row_values * nbytes * fs * gd)
-                        row_bytes[d_] = row_bytes.get(d_, 0) + b
-                        if s != d_:
-                            sends.append((s, d_, b))
-                            add_actions(node, "interconnect.byte_hop", src.rows * b * ic.hops(s, d_))
+                # a vector layer works where its first operand lives, each router on its own
+                # share (e.g. the output columns of a layer's copies): that operand stays put
+                in_place = node.role == "vector" and in_index == 0 and len(src.loc) > 1
+                pairs = ([((s_, fs), (s_, 1.0)) for s_, fs in src.loc] if in_place else
+                         [(a, b) for a in src.loc for b in dst_loc])
+                for (s, fs), (d_, gd) in pairs:
+                    b = math.ceil(src.row_values * nbytes * fs * gd)
+                    row_bytes[d_] = row_bytes.get(d_, 0) + b
+                    if s != d_:
+                        sends.append((s, d_, b))
+                        add_actions(node, "interconnect.byte_hop", src.rows * b * ic.hops(s, d_))
                 edge = _Edge(src, node, need, sends, _first_fn(layer, in_index, declared, src.rows),
                              _need_fn(layer, in_index, declared, src.rows, clamp=False),
                              row_bytes, _streams_input(layer))
@@ -513,25 +534,46 @@ class _Plan:
             self.nodes.append(node)
             self.alias[layer.name] = node
 
-    def _analog_node(self, layer, lm, rows, row_values, width, psum_bytes, ic) -> _Node:
-        loc = [(a.tile, a.weight_cols_used / lm.n) for a in lm.arrays if a.row_block == 0]
+    def _analog_node(self, layer, lm, rows, row_values, psum_bytes) -> _Node:
+        width = lm.width
+        loc = [(a.tile, a.weight_cols_used / lm.n * (lm.share(a.copy) / width))
+               for a in lm.arrays if a.row_block == 0]
         node = _Node(layer, layer.name, "analog", rows, row_values, loc, lm)
         node.tiles = tuple(sorted({a.tile for a in lm.arrays}))
         per_tile: dict[int, int] = {}           # arrays sharing a tile run one after another
         drains = []
-        for a in lm.arrays:
-            st = mvm_stages(self.tile, a.rows_used, a.weight_cols_used)
-            per_tile[a.tile] = per_tile.get(a.tile, 0) + width * st.interval
-            drains.append(st.cycles(width) - width * st.interval)
+        for blocks in lm.on_arrays().values():  # packed copies of a block fire together
+            n = lm.mvms_per_row(blocks)
+            st = mvm_stages(self.tile, sum(a.rows_used for a in blocks),
+                            sum(a.weight_cols_used for a in blocks))
+            tile = blocks[0].tile
+            per_tile[tile] = per_tile.get(tile, 0) + n * st.interval
+            drains.append(st.cycles(n) - n * st.interval)
         node.hold = max(per_tile.values())
         node.drain = max(drains)
         if lm.row_blocks > 1:
-            home = {a.col_block: a.tile for a in lm.arrays if a.row_block == 0}
-            node.psums = [(a.tile, home[a.col_block], width * a.weight_cols_used * psum_bytes)
+            home = {(a.copy, a.col_block): a.tile for a in lm.arrays if a.row_block == 0}
+            node.psums = [(a.tile, home[(a.copy, a.col_block)],
+                           lm.share(a.copy) * a.weight_cols_used * psum_bytes)
                           for a in lm.arrays if a.row_block > 0]
             widest = max(a.weight_cols_used for a in lm.arrays)
-            node.accumulate = self.vector.cycles(width * widest * (lm.row_blocks - 1))
+            node.accumulate = self.vector.cycles(
+                max(lm.share(c) for c in range(lm.copies)) * widest * (lm.row_blocks - 1))
         return node
+
+
+def _input_shares(layer: Layer, lm: LayerMapping, declared_in: tuple[int, ...]) -> list[float]:
+    """Per copy, the share of each input row it receives: all of it with one copy; with several,
+    the input columns its output columns read (a conv's windows overlap: neighbouring copies both
+    receive the columns between their shares)."""
+    if lm.copies == 1 or len(declared_in) != 3:
+        return [1.0] * lm.copies
+    in_width = declared_in[1]
+    out = []
+    for w0, w1 in lm.copy_cols:
+        first, stop = input_columns(layer, w0, w1, in_width)
+        out.append(max(stop - first, 0) / in_width)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -612,10 +654,9 @@ def buffer_needs(plan: _Plan) -> dict[int, list[tuple[str, str, int]]]:
                 add(router, "input rows", f"{held[id(e)]} rows of {e.src.name} for {node.name}",
                     held[id(e)] * b)
         if node.role == "analog":
-            width = node.row_values // max(node.lm.n, 1)
             for a in node.lm.arrays:
                 add(a.tile, "output rows", f"output row of {node.name}",
-                    width * a.weight_cols_used * out_bytes)
+                    node.lm.share(a.copy) * a.weight_cols_used * out_bytes)
             for _s, home, b in node.psums:
                 add(home, "partial sums", f"partial sums of {node.name}", b)
         elif node.role == "digital":

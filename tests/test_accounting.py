@@ -41,7 +41,8 @@ DIGITAL_ACTIONS = {"digital_mac.mac": 1000, "sram.byte": 300}
 
 def _fake(interval_cycles=1000, inferences=1, util=0.5, total_cycles=None):
     chip = load_chip("pcm_hybrid", overrides=ONE_TILE)
-    layers = {"a": SimpleNamespace(utilization=util), "d": SimpleNamespace(utilization=0.0)}
+    layers = {"a": SimpleNamespace(utilization=util, read_utilization=util),
+              "d": SimpleNamespace(utilization=0.0, read_utilization=0.0)}
     mapping = SimpleNamespace(chip=chip, network=SimpleNamespace(total_macs=lambda: 1000),
                               layer=lambda name: layers[name])
     per_layer = (SimpleNamespace(name="a", actions=ANALOG_ACTIONS, placement="analog", tiles=(0,),
@@ -289,8 +290,10 @@ def test_power_gating_switches_unused_tiles_off_and_costs_wake_ups():
     from archsim.network import resnet_cifar
     from archsim.timing import simulate_timing
     net = resnet_cifar(32)
-    plain = map_network(load_chip("pcm_hybrid"), net)
-    gated = map_network(load_chip("pcm_hybrid", overrides={"chip.tiles.power_gating": True}), net)
+    one_copy = {"mapping.replication": "none"}          # 39 arrays, as counted below
+    plain = map_network(load_chip("pcm_hybrid", overrides=one_copy), net)
+    gated = map_network(load_chip("pcm_hybrid", overrides={"chip.tiles.power_gating": True,
+                                                           **one_copy}), net)
     t_plain, t_gated = simulate_timing(plain, 4), simulate_timing(gated, 4)
     c_plain, c_gated = account(plain, t_plain), account(gated, t_gated)
     comps = chip_components(plain.chip)

@@ -38,11 +38,13 @@ def test_map_table(capsys):
                                "256 weight columns each")
     rows = {line.split()[0]: line.split() for line in lines[3:]}
     assert rows["conv1"][2] == "digital" and rows["linear"][2] == "digital"
-    assert rows["layer3.2.conv1"][1:6] == ["conv2d", "analog", "576x64", "2x1", "2"]
-    assert rows["layer1.0.conv1"][3:6] == ["144x16", "1x1", "1"]
-    assert sum(1 for n, r in rows.items() if n != "total" and r[2] == "analog") == 30
+    assert rows["layer3.2.conv1"][1:8] == ["conv2d", "analog", "576x64", "2x1", "2", "1", "1"]
+    # the default chip replicates (replication: auto): stage 1 has 6 copies, 3 per array
+    assert rows["layer1.0.conv1"][3:8] == ["144x16", "1x1", "2", "6", "3"]
+    assert sum(1 for n, r in rows.items() if n != "total" and len(r) > 2 and r[2] == "analog") \
+        == 30
     total = next(line for line in lines if line.startswith("total"))
-    assert "30 analog / 2 digital" in total and "39 of 64" in total and "68,862,592" in total
+    assert "30 analog / 2 digital" in total and "58 of 64" in total and "68,862,592" in total
 
 
 def test_map_json(capsys):
@@ -55,6 +57,9 @@ def test_map_json(capsys):
                 "utilization", "macs"} <= set(row)
     by_name = {row["name"]: row for row in d["layers"]}
     assert by_name["conv1"]["placement"] == "digital" and by_name["conv1"]["arrays"] == 0
+    assert (by_name["layer1.0.conv1"]["copies"], by_name["layer1.0.conv1"]["arrays"],
+            by_name["layer1.0.conv1"]["blocks_per_array"]) == (6, 2, 3)
+    assert d["replication"]["mode"] == "auto" and d["replication"]["arrays_one_copy"] == 39
     assert by_name["linear"]["placement"] == "digital"
     stage3 = [r for r in d["layers"] if r["k"] == 576]
     assert len(stage3) == 9
@@ -63,8 +68,8 @@ def test_map_json(capsys):
     assert by_name["layer1.0.conv1"]["macs"] == 2_359_296
     assert sum(r["placement"] == "analog" for r in d["layers"]) == 30
     t = d["totals"]
-    assert (t["arrays"], t["arrays_available"], t["analog_layers"], t["macs"]) == \
-        (39, 64, 30, 68_862_592)
+    assert (t["arrays"], t["arrays_available"], t["analog_layers"], t["macs"], t["copies"]) == \
+        (58, 64, 30, 68_862_592, 90)
 
 
 def test_map_hermes_by_name(capsys):
@@ -79,7 +84,8 @@ def test_map_policy_and_set(capsys):
     rc, out, _ = run_main(capsys, "map", PCM, RESNET, "--json", "--mapping", "all-digital")
     assert rc == 0 and json.loads(out)["totals"]["arrays"] == 0
     assert json.loads(out)["policy"] == "all-digital"
-    rc, out, _ = run_main(capsys, "map", PCM, RESNET, "--json", "--mapping", "all-analog")
+    rc, out, _ = run_main(capsys, "map", PCM, RESNET, "--json", "--mapping", "all-analog",
+                          "--set", "mapping.replication=none")
     assert json.loads(out)["totals"]["arrays"] == 41
     rc, out, _ = run_main(capsys, "map", PCM, RESNET, "--json", "--set", "chip.tiles.count=8",
                           "--set", "mapping.time_multiplex=true")

@@ -24,9 +24,14 @@ def resnet32():
     return resnet_cifar(32)
 
 
+# This file tests the one-copy mapping (replication: test_replication.py); pcm_hybrid.yaml's
+# replication: auto is turned off.
+ONE_COPY = {"mapping.replication": "none"}
+
+
 @pytest.fixture(scope="module")
 def pcm():
-    return load_chip("pcm_hybrid")
+    return load_chip("pcm_hybrid", overrides=ONE_COPY)
 
 
 # ------------------------------------------------------------------------------------------
@@ -103,7 +108,7 @@ def test_arrays_are_allocated_in_layer_order(resnet32, pcm):
 
 def test_blocks_tile_each_weight_matrix_exactly_once(resnet32):
     for chip in ("pcm_hybrid", "hermes"):
-        m = map_network(load_chip(chip), resnet32)
+        m = map_network(load_chip(chip, overrides=ONE_COPY), resnet32)
         for lm in m.analog_layers:
             cover = np.zeros((lm.k, lm.n), int)
             for a in lm.arrays:
@@ -193,7 +198,8 @@ def test_overrides_win_over_policy(resnet32, pcm):
 
 def test_overrides_from_a_yaml_file(tmp_path, resnet32):
     p = tmp_path / "chip.yaml"
-    p.write_text("extends: pcm_hybrid.yaml\nmapping:\n  overrides:\n    conv1: analog\n")
+    p.write_text("extends: pcm_hybrid.yaml\nmapping:\n  replication: none\n  overrides:\n"
+                 "    conv1: analog\n")
     m = map_network(load_chip(p), resnet32)
     assert m.placement("conv1") == "analog" and m.arrays_needed == 40
 
@@ -211,7 +217,7 @@ def test_unknown_override_name_suggests(resnet32, pcm):
 
 
 def test_digits_cnn_hybrid():
-    m = map_network(load_chip("pcm_hybrid"), digits_cnn())
+    m = map_network(load_chip("pcm_hybrid", overrides=ONE_COPY), digits_cnn())
     assert [(lm.name, lm.placement) for lm in m.layers] == [
         ("conv1", "digital"), ("conv2", "analog"), ("conv3", "analog"), ("linear", "digital")]
     assert m.arrays_needed == 2
@@ -222,7 +228,7 @@ def test_digits_cnn_hybrid():
 # ------------------------------------------------------------------------------------------
 
 def test_too_few_arrays(resnet32):
-    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.count": 8})
+    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.count": 8, **ONE_COPY})
     with pytest.raises(MappingError) as e:
         map_network(chip, resnet32)
     msg = str(e.value)
@@ -231,12 +237,13 @@ def test_too_few_arrays(resnet32):
 
 
 def test_exactly_enough_arrays(resnet32):
-    m = map_network(load_chip("pcm_hybrid", overrides={"chip.tiles.count": 39}), resnet32)
+    m = map_network(load_chip("pcm_hybrid", overrides={"chip.tiles.count": 39, **ONE_COPY}),
+                    resnet32)
     assert m.rounds == 1 and m.tiles_used == 39
 
 
 def test_time_multiplex_assigns_rounds(resnet32):
-    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.count": 8,
+    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.count": 8, **ONE_COPY,
                                              "mapping.time_multiplex": True})
     m = map_network(chip, resnet32)
     assert m.rounds == 5 and m.arrays_needed == 39 and m.arrays_available == 8
@@ -247,7 +254,7 @@ def test_time_multiplex_assigns_rounds(resnet32):
 
 
 def test_several_arrays_per_tile(resnet32):
-    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.count": 20,
+    chip = load_chip("pcm_hybrid", overrides={"chip.tiles.count": 20, **ONE_COPY,
                                              "chip.tiles.arrays_per_tile": 2})
     m = map_network(chip, resnet32)
     assert m.arrays_available == 40
@@ -264,7 +271,7 @@ def test_no_tiles_with_analog_layers(resnet32):
 
 
 def test_no_digital_units_for_digital_layers(resnet32):
-    chip = load_chip("pcm_hybrid", overrides={"chip.digital.units": 0})
+    chip = load_chip("pcm_hybrid", overrides={"chip.digital.units": 0, **ONE_COPY})
     with pytest.raises(MappingError, match="chip.digital.units is 0 but layer conv1"):
         map_network(chip, resnet32)
     assert map_network(chip.with_mapping("all-analog"), resnet32).arrays_needed == 41

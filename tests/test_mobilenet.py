@@ -23,7 +23,9 @@ from onnx_models import mobilenet, save
 
 
 def chip(policy="all-analog", **overrides):
-    return load_chip("pcm_hybrid", {"mapping.policy": policy, **overrides})
+    """The default chip with one copy per layer (the grouped-conv mapping is what is tested)."""
+    return load_chip("pcm_hybrid", {"mapping.policy": policy, "mapping.replication": "none",
+                                    **overrides})
 
 
 def depthwise_net(channels=144, hw=4):
@@ -168,7 +170,8 @@ def test_mobilenet_trains_on_the_digits(trained):
 
 def test_mobilenet_mapping_on_the_hybrid_chip(trained):
     folder, net, _, _ = trained
-    mp = archsim.load_mapping("pcm_hybrid", str(folder / "mobilenet.yaml"))
+    mp = archsim.load_mapping("pcm_hybrid", str(folder / "mobilenet.yaml"),
+                              overrides={"mapping.replication": "none"})
     assert [lm.name for lm in mp.digital_layers] == ["stem", "classifier"]
     dw = mp.layer("b1_dw")
     assert (dw.k, dw.n, dw.groups, len(dw.arrays)) == (144, 16, 16, 1)

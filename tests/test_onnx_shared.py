@@ -49,9 +49,11 @@ def test_exports_load_and_map_like_the_builtin(export, builtin):
     assert net.input_shape == (32, 32, 3) and net.input_layout == "NCHW" and net.num_classes == 10
     chip = load_chip("pcm_hybrid")
     mine, theirs = map_network(chip, net), map_network(chip, wl.network)
-    assert len(mine.analog_layers) == 30 and mine.arrays_needed == 39
-    assert [(lm.k, lm.n, lm.placement, len(lm.arrays)) for lm in mine.layers] == \
-        [(lm.k, lm.n, lm.placement, len(lm.arrays)) for lm in theirs.layers]
+    # the default chip replicates (replication: auto): 39 arrays with one copy each, 58 as mapped
+    assert len(mine.analog_layers) == 30 and mine.arrays_needed == 58
+    assert mine.plan.arrays_one_copy == 39
+    assert [(lm.k, lm.n, lm.placement, len(lm.arrays), lm.copies) for lm in mine.layers] == \
+        [(lm.k, lm.n, lm.placement, len(lm.arrays), lm.copies) for lm in theirs.layers]
     assert mine.totals()["macs"] == theirs.totals()["macs"] == 68_862_592
     # BatchNorm kept: AdaBS can re-estimate all 30 analog layers; folded: none
     assert mine.totals()["adabs_layers"] == (30 if name == KEPT else 0)
@@ -109,7 +111,9 @@ def test_archsim_run_on_the_batchnorm_export(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["timing"]["latency_cycles"] == golden["totals"]["latency_cycles"]
     assert report["timing"]["interval_cycles"] == golden["totals"]["interval_cycles"]
-    assert report["mapping"]["totals"]["arrays"] == 39
+    # the default chip replicates (replication: auto): 58 arrays, 39 with one copy each
+    assert report["mapping"]["totals"]["arrays"] == 58
+    assert report["mapping"]["replication"]["arrays_one_copy"] == 39
 
 
 def test_accuracy_path_with_a_dataset(builtin, tmp_path):

@@ -21,7 +21,10 @@ CHIP = REPO / "configs" / "pcm_hybrid.yaml"
 
 
 def chip(policy="all-analog", **overrides):
-    return load_chip(CHIP, {"chip.tiles.adc.output_noise": 0.0, **overrides}).with_mapping(policy)
+    """The default chip without ADC output noise and with one copy per layer (copies:
+    test_replication.py)."""
+    return load_chip(CHIP, {"chip.tiles.adc.output_noise": 0.0, "mapping.replication": "none",
+                            **overrides}).with_mapping(policy)
 
 
 def fc_net(k: int, n: int) -> Network:

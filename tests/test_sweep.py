@@ -177,9 +177,12 @@ sweep:
     assert [(r["chip.tiles.count"], r["status"]) for r in rows] == [
         (64, "ok"), (1, "error"), (64, "ok")]
     assert rows[1]["error"].startswith("MappingError: ")
+    # the error names the tiles the network needs (issue 15)
     assert rows[1]["error"].endswith("pcm_hybrid.yaml: network digits_cnn needs 2 arrays "
-                                     "(512x512) but the chip has 1 (1 tiles x 1); add tiles or "
-                                     "set mapping.time_multiplex: true")
+                                     "(512x512) but the chip has 1 (1 tiles x 1); 2 tiles hold "
+                                     "them (--set chip.tiles.count=2; replication: auto adds "
+                                     "copies only with arrays to spare); add tiles or set "
+                                     "mapping.time_multiplex: true")
     assert rows[1]["energy_per_inference_uj"] is None
     assert rows[0]["energy_per_inference_uj"] > 0 and rows[2]["energy_per_inference_uj"] > 0
     captured = capsys.readouterr()

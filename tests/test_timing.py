@@ -13,8 +13,14 @@ from archsim.timing import (Interconnect, MvmStages, mvm_stages, peak_figures, s
                             systolic_cycles, systolic_sram_bytes)
 
 
+# The closed forms of this file are those of the one-copy mapping (replication is tested in
+# test_replication.py): pcm_hybrid.yaml's replication: auto is turned off here.
+ONE_COPY = {"mapping.replication": "none"}
+
+
 def chip(**overrides):
-    return load_chip("pcm_hybrid", overrides={"mapping.policy": "all-analog", **overrides})
+    return load_chip("pcm_hybrid", overrides={"mapping.policy": "all-analog", **ONE_COPY,
+                                              **overrides})
 
 
 def one_conv(width=4, cin=64, cout=32):
@@ -266,7 +272,7 @@ GOLDEN = {
 
 @pytest.mark.parametrize("config", ["pcm_hybrid", "digital_fp32"])
 def test_resnet32_golden_and_deterministic(config):
-    mapping = map_network(load_chip(config), resnet_cifar(32))
+    mapping = map_network(load_chip(config, overrides=ONE_COPY), resnet_cifar(32))
     one = simulate_timing(mapping)
     again = simulate_timing(mapping)
     assert one == again
@@ -289,7 +295,7 @@ def test_resnet32_golden_and_deterministic(config):
 
 
 def test_resnet32_action_counts_pcm_hybrid():
-    mapping = map_network(load_chip("pcm_hybrid"), resnet_cifar(32))
+    mapping = map_network(load_chip("pcm_hybrid", overrides=ONE_COPY), resnet_cifar(32))
     res = simulate_timing(mapping)
     # arrays x output pixels: layer1 10 x 1024, layer2 10 x 256, layer3 64 + 9 x 2 x 64
     assert res.actions["pcm_array.mvm"] == 10 * 1024 + 10 * 256 + 64 + 9 * 2 * 64

@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="FILE",
                    help="fine-tune from these weights (.npz); without it, train from scratch")
     p.add_argument("--out", metavar="FILE", required=True, help="weights file to write (.npz)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="write the whole training state to DIR/checkpoint.npz at the end of every "
+                        "epoch (weights, momentum, step, random streams, options)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the run checkpointed in DIR (same options; checkpoints keep "
+                        "going to DIR unless --checkpoint names another folder)")
+    p.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
+                   help="stop after this epoch (with --checkpoint/--resume: continue later)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", metavar="DIR")
     p.add_argument("--dataset", metavar="NAME", help="digits, cifar10 or a workload YAML (for a "
@@ -270,8 +278,17 @@ def _train(args) -> int:
                                   schedule=args.schedule, noise_eta=args.noise,
                                   clip_alpha=args.clip or None, seed=args.seed,
                                   max_images=args.max_images)
+    if args.stop_after is not None and not (args.checkpoint or args.resume):
+        raise training.TrainingError("--stop-after needs --checkpoint DIR (or --resume DIR) to "
+                                     "continue from")
     params, history = training.train(wl.network, params, wl.dataset("train"), config,
-                                     progress=not args.quiet)
+                                     progress=not args.quiet, checkpoint=args.checkpoint,
+                                     resume=args.resume, stop_after=args.stop_after)
+    if len(history) < config.epochs:
+        folder = args.checkpoint or args.resume
+        print(f"stopped after epoch {len(history)} of {config.epochs}; continue with the same "
+              f"options and --resume {folder}")
+        return 0
     accuracy = training.evaluate_fp32(wl.network, params, wl.dataset("test"))
     save_weights(params, args.out)
     last = history[-1]

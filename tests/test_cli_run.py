@@ -138,6 +138,27 @@ def test_train_writes_loadable_weights(tmp_path, capsys):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_train_checkpoint_and_resume_through_the_cli(tmp_path, capsys):
+    """2 epochs in one run == 1 epoch, stop, --resume, 1 more (bit for bit); resuming with other
+    options is one line and exit 2."""
+    import numpy as np
+    common = ["train", "digits_cnn", "--epochs", "2", "--max-images", "192", "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "whole.npz")]) == 0
+    ck = str(tmp_path / "ck")
+    assert main(common + ["--checkpoint", ck, "--stop-after", "1",
+                          "--out", str(tmp_path / "split.npz")]) == 0
+    assert f"--resume {ck}" in capsys.readouterr().out
+    assert not (tmp_path / "split.npz").exists()
+    code = main(common + ["--lr", "0.1", "--resume", ck, "--out", str(tmp_path / "split.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "lr 0.1 (checkpoint: 0.05)" in err
+    assert main(common + ["--resume", ck, "--out", str(tmp_path / "split.npz")]) == 0
+    with np.load(tmp_path / "whole.npz") as a, np.load(tmp_path / "split.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_train_with_a_bad_init_file_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")

@@ -232,7 +232,15 @@ class Conv2d(MatrixLayer):
         return np.ascontiguousarray(im2col_general(a, self.kernel_shape, self.strides, self.pads,
                                                    self.dilations, ho, wo))
 
+    def _chunked(self, dtype) -> bool:
+        """Whether the training pass runs in chunks on the (i, j, c) patch kernels (a square,
+        ungrouped conv) rather than on whole-batch (c, i, j) patches."""
+        return self.groups == 1 and self.square is not None and \
+            np.dtype(dtype) in (np.float32, np.float64)
+
     def _forward_train(self, a, run):
+        if self._chunked(run.dtype):
+            return self._forward_train_chunked(a, run)
         ho, wo = self.out_hw(a.shape[1], a.shape[2])
         w2 = self._train_weight(run)                                     # (O, K/G)
         cols = self._train_cols(a, ho, wo, run.workspace)
@@ -248,7 +256,81 @@ class Conv2d(MatrixLayer):
         run.tape.saved[self.name] = (cols, w2, a.shape)
         return out
 
+    # ---- training in chunks of the batch (archsim.parallel) --------------------------------
+    # Neither pass keeps a whole batch's patch matrix: each chunk of images builds its patches in
+    # its worker's scratch (sized for a core's L2 cache), multiplies, and the backward pass builds
+    # them again instead of reading them back from memory. Weights are used in OHWI order, the
+    # (i, j, c) order of kernels.im2col_hwc_into; weight gradients are summed over chunks in
+    # chunk order.
+
+    def _forward_train_chunked(self, a, run):
+        from ..kernels import im2col_hwc_into
+        from ..parallel import chunks
+        k, s, p = self.square
+        n, h, w, c = a.shape
+        ho, wo = self.out_hw(h, w)
+        dtype = np.dtype(run.dtype)
+        a = np.ascontiguousarray(a, dtype)
+        w_ohwi = self._train_weight_ohwi(run)                           # (O, K), (i, j, c)
+        kdim, m = w_ohwi.shape[1], ho * wo
+        parts = chunks(n, m * kdim * dtype.itemsize)
+        out = run.workspace.get("out/" + self.name, (n * m, self.out_channels), dtype)
+        ws = run.workspace
+
+        def one(i, worker):
+            b0, b1 = parts[i]
+            cols = ws.get(f"train-cols/{worker}", ((b1 - b0) * m, kdim), dtype)
+            im2col_hwc_into(a, k, s, p, b0, b1, cols)
+            np.matmul(cols, w_ohwi.T, out=out[b0 * m:b1 * m])
+
+        run.run_chunks(one, len(parts))
+        y = out.reshape(n, ho, wo, self.out_channels)
+        if self.bias:
+            y = y + run.param(self, "bias")
+        run.tape.saved[self.name] = ("chunked", a, w_ohwi, parts)
+        return y
+
+    def _train_weight_ohwi(self, run: Pass) -> np.ndarray:
+        """(O, kh*kw*C) weights of a training pass (noisy ones when given) in OHWI order."""
+        w = (run.weights or {}).get(self.param("weight"), run.params[self.param("weight")])
+        w = np.asarray(w, run.dtype)
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+
+    def _backward_chunked(self, g, saved, need, run):
+        from ..kernels import col2im_hwc_into, im2col_hwc_into
+        _, a, w_ohwi, parts = saved
+        k, s, p = self.square
+        n, h, w, c = a.shape
+        dtype = a.dtype
+        ho, wo = g.shape[1], g.shape[2]
+        m, kdim, o = ho * wo, w_ohwi.shape[1], self.out_channels
+        g2 = np.ascontiguousarray(g, dtype).reshape(n * m, o)
+        ws = run.workspace
+        wparts = ws.get("train-wgrad/" + self.name, (len(parts), kdim, o), dtype)
+        dx = ws.get("dx/" + self.name, a.shape, dtype) if need[0] else None
+
+        def one(i, worker):
+            b0, b1 = parts[i]
+            rows = (b1 - b0) * m
+            cols = ws.get(f"train-cols/{worker}", (rows, kdim), dtype)
+            im2col_hwc_into(a, k, s, p, b0, b1, cols)
+            gi = g2[b0 * m:b1 * m]
+            np.matmul(cols.T, gi, out=wparts[i])
+            if dx is not None:
+                dcols = ws.get(f"train-dcols/{worker}", (rows, kdim), dtype)
+                np.matmul(gi, w_ohwi, out=dcols)
+                col2im_hwc_into(dcols, k, s, p, b0, b1, dx)
+
+        run.run_chunks(one, len(parts))
+        wgrad = wparts.sum(axis=0).T.reshape(o, k, k, c)                  # OHWI
+        grads = {"weight": np.ascontiguousarray(wgrad.transpose(0, 3, 1, 2))}
+        if self.bias:
+            grads["bias"] = g2.sum(axis=0)
+        return [dx], grads
+
     def backward(self, g, saved, need, run):
+        if isinstance(saved[0], str):
+            return self._backward_chunked(g, saved, need, run)
         cols, w2, in_shape = saved
         g2 = g.reshape(-1, w2.shape[0])                                   # (P, O)
         wshape = (self.out_channels, in_shape[3] // self.groups) + self.kernel_shape

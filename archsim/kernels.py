@@ -297,33 +297,10 @@ def adc_accumulate_into(y: np.ndarray, absmax: np.ndarray, colscale: np.ndarray,
 
 # ------------------------------------------------------------------------------------------
 # Training: serial kernels on one chunk of a batch (archsim.parallel runs the chunks, one thread
-# per core, so none of these starts threads of its own). Patches here are in (i, j, c) order -
-# for NHWC activations each kernel row is one contiguous run of kw*C values - and the weights of
-# a training pass are permuted to match (OHWI); float32 and float64 alike (gradient checks).
+# per core, so none of these starts threads of its own); float32 and float64 alike (gradient
+# checks). Patches here are in (i, j, c) order (archsim.layers.ops.patches_hwc_into builds them);
+# the weights of a training pass are permuted to match (OHWI).
 # ------------------------------------------------------------------------------------------
-
-@njit(cache=True, nogil=True)
-def _im2col_hwc_kernel(x, kernel, stride, pad, b0, b1, ho, wo, out):
-    _, h, w, c = x.shape
-    row = 0
-    for b in range(b0, b1):
-        for oy in range(ho):
-            for ox in range(wo):
-                col = 0
-                for i in range(kernel):
-                    y = oy * stride + i - pad
-                    for j in range(kernel):
-                        xx = ox * stride + j - pad
-                        if y < 0 or y >= h or xx < 0 or xx >= w:
-                            for ch in range(c):
-                                out[row, col + ch] = 0.0
-                        else:
-                            for ch in range(c):
-                                out[row, col + ch] = x[b, y, xx, ch]
-                        col += c
-                row += 1
-    return out
-
 
 @njit(cache=True, nogil=True)
 def _col2im_hwc_kernel(cols, kernel, stride, pad, b0, b1, ho, wo, out):
@@ -363,20 +340,11 @@ def _conv_chunk_check(name, x, kernel, stride, padding, b0, b1, cols):
     return ho, wo
 
 
-def im2col_hwc_into(x: np.ndarray, kernel: int, stride: int, padding: int, b0: int, b1: int,
-                    out: np.ndarray) -> np.ndarray:
-    """Patches of images ``b0 .. b1-1`` of an NHWC batch into ``out`` ((b1-b0)*ho*wo,
-    kernel*kernel*C) in (i, j, c) order - the order of an OHWI kernel flattened - zeros off the
-    edge. Serial (one chunk of a training batch per call)."""
-    ho, wo = _conv_chunk_check("im2col_hwc_into", x, kernel, stride, padding, b0, b1, out)
-    return _im2col_hwc_kernel(x, kernel, stride, padding, b0, b1, ho, wo, out)
-
-
 def col2im_hwc_into(cols: np.ndarray, kernel: int, stride: int, padding: int, b0: int, b1: int,
                     out: np.ndarray) -> np.ndarray:
-    """The adjoint of :func:`im2col_hwc_into`: patch gradients of images ``b0 .. b1-1``
-    scatter-added into ``out[b0:b1]`` (N, H, W, C), which it overwrites (the other images are not
-    touched). Serial."""
+    """The adjoint of building (i, j, c) patches: patch gradients ((b1-b0)*ho*wo,
+    kernel*kernel*C) of images ``b0 .. b1-1`` scatter-added into ``out[b0:b1]`` (N, H, W, C),
+    which it overwrites (the other images are not touched). Serial."""
     _conv_chunk_check("col2im_hwc_into", out, kernel, stride, padding, b0, b1, cols)
     ho = (out.shape[1] + 2 * padding - kernel) // stride + 1
     wo = (out.shape[2] + 2 * padding - kernel) // stride + 1

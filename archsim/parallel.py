@@ -25,10 +25,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-# A chunk's scratch (patch matrix and its gradient) should stay in one core's L2 cache (1-2 MiB
-# on current x86 cores): measured on the ResNet-32 training step, 1 MiB chunks run as fast as
-# any size tried (see benchmarks/bench_training.py --chunk-kib).
-CHUNK_BYTES = 1 << 20
+# A chunk's scratch (its patch matrix) should stay in one core's cache. Measured on the ResNet-32
+# training step (one worker, images per CPU-second, two passes each): 512 KiB 148/146,
+# 1 MiB 149/152, 2 MiB 163/160, 4 MiB 151/150 (fewer, larger chunks save Python overhead up to
+# about the L2 size; see benchmarks/bench_training.py --chunk-kib).
+CHUNK_BYTES = 2 << 20
 
 
 def available_cores() -> int:

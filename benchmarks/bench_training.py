@@ -9,9 +9,15 @@ the ratio training / onnxruntime. Target: >= 0.15.
 
 The images are the first ``--images`` of ``cifar10_train_subset.npz``. The machine is shared, so
 the three engines are measured in turn, ``--rounds`` times, and each round gives its own ratio;
-the median round is the result, and the load average is printed beside it. ``--chunk-kib`` lists
-chunk sizes (archsim.parallel.CHUNK_BYTES) to compare within the same rounds. Also prints one
-training step split into forward and backward.
+the median round is the result, and the load average is printed beside it. Each round also runs
+onnxruntime with one thread and training with one worker and counts images per CPU-second of
+the process: a single-threaded run's CPU time hardly depends on what else runs, so that ratio is
+the estimate for a quiet machine (onnxruntime's two threads spin-wait on each other and lose
+most of their speed when another process takes a core: 2,700 images/s alone, 600-900 beside
+other work, on this 2-core machine). ``--chunk-kib`` lists chunk sizes
+(archsim.parallel.CHUNK_BYTES) to compare within the same rounds. Also prints one training step
+split into forward and backward. numpy's OpenBLAS picks its GEMM kernels per CPU (printed);
+``OPENBLAS_CORETYPE`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -60,13 +66,16 @@ def ort_session(path: Path, threads: int = 2):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def images_per_s(fn, batches) -> float:
-    start = time.perf_counter()
+def images_per_s(fn, batches, cpu: bool = False) -> float:
+    """Images per second of wall time (``cpu``: per second of this process's CPU time, which other
+    processes on the machine barely change for a single-threaded run)."""
+    clock = time.process_time if cpu else time.perf_counter
+    start = clock()
     n = 0
     for x in batches:
         fn(x)
         n += len(x)
-    return n / (time.perf_counter() - start)
+    return n / (clock() - start)
 
 
 def main(argv=None) -> int:
@@ -107,9 +116,12 @@ def main(argv=None) -> int:
     def run_archsim(x):
         forward(net, params, x, workspace=ws)
 
-    def run_train(chunk_kib: int, workers: int | None) -> float:
+    def run_train(chunk_kib: int, workers: int | None, cpu: bool = False) -> float:
         parallel.CHUNK_BYTES = chunk_kib * 1024
+        start = time.process_time()
         _, history = train(net, params, data, config, progress=False, workers=workers)
+        if cpu:
+            return history[0].images / (time.process_time() - start)
         return history[0].images_per_s
 
     # warm-up: kernel compilation / cache loading, BLAS and onnxruntime thread start
@@ -123,19 +135,19 @@ def main(argv=None) -> int:
     rows = []
     for r in range(args.rounds):
         ort_ips = images_per_s(run_ort, nchw)
-        ort1_ips = images_per_s(run_ort1, nchw)
+        ort1_ips = images_per_s(run_ort1, nchw, cpu=True)
         fp32_ips = images_per_s(run_archsim, nhwc)
         turn = r % len(chunk_sizes)             # rotate the order: load drifts within a round
         train_ips = {c: run_train(c, args.workers)
                      for c in chunk_sizes[turn:] + chunk_sizes[:turn]}
         train_ips = {c: train_ips[c] for c in chunk_sizes}
-        train1_ips = run_train(chunk_sizes[0], 1)
+        train1_ips = run_train(chunk_sizes[0], 1, cpu=True)
         rows.append((ort_ips, fp32_ips, train_ips, ort1_ips, train1_ips))
         cells = "  ".join(f"training[{c} KiB] {v:6.1f} ({v / ort_ips:.3f}x)"
                           for c, v in train_ips.items())
         print(f"round {r + 1}: onnxruntime {ort_ips:6.1f}  archsim FP32 {fp32_ips:6.1f}  {cells}  "
-              f"| one thread: onnxruntime {ort1_ips:6.1f}  training {train1_ips:6.1f} "
-              f"({train1_ips / ort1_ips:.3f}x)  images/s; {load()}", flush=True)
+              f"| one thread, per CPU-second: onnxruntime {ort1_ips:6.1f}  training "
+              f"{train1_ips:6.1f} ({train1_ips / ort1_ips:.3f}x); {load()}", flush=True)
 
     def median(values):
         return statistics.median(values)
@@ -145,9 +157,10 @@ def main(argv=None) -> int:
     print(f"\nmedian over rounds (images/s): onnxruntime FP32 inference {ort_med:.1f}, "
           f"archsim FP32 inference {fp32_med:.1f} ({fp32_med / ort_med:.3f}x)")
     single = [row[4] / row[3] for row in rows]
-    print(f"one thread each (less sensitive to other processes than onnxruntime's two spinning "
-          f"threads): onnxruntime {median([row[3] for row in rows]):.1f}, training "
-          f"{median([row[4] for row in rows]):.1f} images/s, ratio {median(single):.3f} "
+    print(f"one thread each, images per CPU-second (what other processes change least; "
+          f"onnxruntime's two threads spin-wait for each other when a core is taken): "
+          f"onnxruntime {median([row[3] for row in rows]):.1f}, training "
+          f"{median([row[4] for row in rows]):.1f}, ratio {median(single):.3f} "
           f"(rounds: {', '.join(f'{v:.3f}' for v in single)})")
     for c in chunk_sizes:
         ratios = [row[2][c] / row[0] for row in rows]

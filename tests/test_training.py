@@ -14,7 +14,8 @@ from archsim.datasets import Dataset
 from archsim import parallel, training
 from archsim.kernels import (batchnorm_grad_input_into, batchnorm_grad_sums_into,
                              channel_affine_into, channel_sums_into, col2im_hwc_into, col2im_into,
-                             im2col_hwc_into, im2col_into)
+                             im2col_into)
+from archsim.layers.ops import patches_hwc_into
 from archsim.parallel import Workers, chunks
 from archsim.network import INPUT, Layer, Network
 from archsim.training import (TrainConfig, TrainingError, augment_cifar, backward, clip_weights,
@@ -81,6 +82,15 @@ GRAD_NETS = {
                           bias=True)], (5, 5, 2)),
     "conv2d_nopad": _net([Layer("c", "conv2d", (INPUT,), out_channels=2, kernel=2, stride=1)],
                          (4, 3, 2)),
+    # stride 1: the input gradient is a convolution of the output gradient (padding k-1-p)
+    "conv2d_same": _net([Layer("c", "conv2d", (INPUT,), out_channels=3, kernel=3, padding=1)],
+                        (4, 5, 2)),
+    "conv2d_5x5": _net([Layer("c", "conv2d", (INPUT,), out_channels=2, kernel=5, padding=1)],
+                       (5, 4, 1)),
+    "conv2d_1x1": _net([Layer("c", "conv2d", (INPUT,), out_channels=3, kernel=1)], (3, 2, 2)),
+    # padding > kernel-1 falls back to the scatter-add
+    "conv2d_widepad": _net([Layer("c", "conv2d", (INPUT,), out_channels=2, kernel=2, padding=2)],
+                           (3, 3, 1)),
     "linear": _net([Layer("f", "flatten", (INPUT,)),
                     Layer("fc", "linear", ("f",), out_channels=4, bias=True)], (2, 3, 2)),
     "batchnorm": _net([Layer("bn", "batchnorm", (INPUT,))], (3, 3, 2)),
@@ -196,15 +206,16 @@ def _hwc_patches_twin(x, kernel, stride, pad):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel,stride,pad", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (1, 1, 0),
-                                               (5, 1, 2)])
-def test_hwc_patch_kernels_match_numpy_twins(dtype, kernel, stride, pad):
+                                               (5, 1, 2), (3, 2, 2)])
+def test_hwc_patches_and_their_adjoint_match_numpy_twins(dtype, kernel, stride, pad):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((5, 6, 7, 3)).astype(dtype)
     full = _hwc_patches_twin(x, kernel, stride, pad)
     per_image = full.shape[0] // 5
     b0, b1 = 1, 4                                   # a chunk in the middle of the batch
     cols = np.full(((b1 - b0) * per_image, full.shape[1]), 9.0, dtype)
-    im2col_hwc_into(x, kernel, stride, pad, b0, b1, cols)
+    padded = np.full((b1 - b0, 6 + 2 * pad, 7 + 2 * pad, 3), 5.0, dtype)   # stale scratch
+    patches_hwc_into(x[b0:b1], kernel, stride, pad, padded, cols)
     np.testing.assert_array_equal(cols, full[b0 * per_image:b1 * per_image])
     # col2im: the adjoint, written into images b0..b1-1 only (others untouched)
     c = rng.standard_normal(cols.shape).astype(dtype)
@@ -226,10 +237,11 @@ def test_hwc_patch_kernels_match_numpy_twins(dtype, kernel, stride, pad):
 
 def test_hwc_patch_kernels_reject_bad_input():
     x = np.zeros((2, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        patches_hwc_into(x, 3, 1, 1, np.zeros((2, 6, 6, 3), np.float32),
+                         np.zeros((32, 28), np.float32))
     with pytest.raises(ValueError, match="outside a batch"):
-        im2col_hwc_into(x, 3, 1, 1, 1, 3, np.zeros((32, 27), np.float32))
-    with pytest.raises(ValueError, match="patches of shape"):
-        im2col_hwc_into(x, 3, 1, 1, 0, 1, np.zeros((16, 28), np.float32))
+        col2im_hwc_into(np.zeros((32, 27), np.float32), 3, 1, 1, 1, 3, x)
     with pytest.raises(TypeError):
         col2im_hwc_into(np.zeros((16, 27)), 3, 1, 1, 0, 1, x)
 

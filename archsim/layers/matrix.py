@@ -258,14 +258,25 @@ class Conv2d(MatrixLayer):
 
     # ---- training in chunks of the batch (archsim.parallel) --------------------------------
     # Neither pass keeps a whole batch's patch matrix: each chunk of images builds its patches in
-    # its worker's scratch (sized for a core's L2 cache), multiplies, and the backward pass builds
-    # them again instead of reading them back from memory. Weights are used in OHWI order, the
-    # (i, j, c) order of kernels.im2col_hwc_into; weight gradients are summed over chunks in
-    # chunk order.
+    # its worker's scratch (sized for a core's L2 cache) and multiplies, and the backward pass
+    # builds them again rather than reading 75 MB per layer back from memory. Weights are used in
+    # OHWI order, the (i, j, c) order of ops.patches_hwc_into. The input gradient of a stride-1
+    # conv is itself a convolution (of the output gradient, padded by kernel-1-padding, with the
+    # kernel flipped and in/out swapped): patches of g times the flipped weights, written straight
+    # into dx - no scatter-add - and the same patches of g give the weight gradient (their
+    # transpose times x, flipped), so the backward pass builds one patch matrix, not two. Strided convs and
+    # the input layer's conv use patches of x (and scatter-add the input gradient,
+    # kernels.col2im_hwc_into). Weight gradients are summed over chunks in chunk order.
+
+    def _chunk_parts(self, a_shape, g_hw, itemsize):
+        k = self.square[0]
+        n, h, w, c = a_shape
+        per_image = max(g_hw[0] * g_hw[1] * k * k * c, h * w * k * k * self.out_channels)
+        from ..parallel import chunks
+        return chunks(n, per_image * itemsize)
 
     def _forward_train_chunked(self, a, run):
-        from ..kernels import im2col_hwc_into
-        from ..parallel import chunks
+        from .ops import patches_hwc_into
         k, s, p = self.square
         n, h, w, c = a.shape
         ho, wo = self.out_hw(h, w)
@@ -273,14 +284,15 @@ class Conv2d(MatrixLayer):
         a = np.ascontiguousarray(a, dtype)
         w_ohwi = self._train_weight_ohwi(run)                           # (O, K), (i, j, c)
         kdim, m = w_ohwi.shape[1], ho * wo
-        parts = chunks(n, m * kdim * dtype.itemsize)
+        parts = self._chunk_parts(a.shape, (ho, wo), dtype.itemsize)
         out = run.workspace.get("out/" + self.name, (n * m, self.out_channels), dtype)
         ws = run.workspace
 
         def one(i, worker):
             b0, b1 = parts[i]
             cols = ws.get(f"train-cols/{worker}", ((b1 - b0) * m, kdim), dtype)
-            im2col_hwc_into(a, k, s, p, b0, b1, cols)
+            pad = ws.get(f"train-pad/{worker}", (b1 - b0, h + 2 * p, w + 2 * p, c), dtype)
+            patches_hwc_into(a[b0:b1], k, s, p, pad, cols)
             np.matmul(cols, w_ohwi.T, out=out[b0 * m:b1 * m])
 
         run.run_chunks(one, len(parts))
@@ -297,32 +309,58 @@ class Conv2d(MatrixLayer):
         return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
     def _backward_chunked(self, g, saved, need, run):
-        from ..kernels import col2im_hwc_into, im2col_hwc_into
+        from ..kernels import col2im_hwc_into
+        from .ops import patches_hwc_into
         _, a, w_ohwi, parts = saved
         k, s, p = self.square
         n, h, w, c = a.shape
         dtype = a.dtype
         ho, wo = g.shape[1], g.shape[2]
         m, kdim, o = ho * wo, w_ohwi.shape[1], self.out_channels
-        g2 = np.ascontiguousarray(g, dtype).reshape(n * m, o)
+        g4 = np.ascontiguousarray(g, dtype).reshape(n, ho, wo, o)
+        g2 = g4.reshape(n * m, o)
         ws = run.workspace
-        wparts = ws.get("train-wgrad/" + self.name, (len(parts), kdim, o), dtype)
         dx = ws.get("dx/" + self.name, a.shape, dtype) if need[0] else None
+        # stride 1 with an input gradient: one patch matrix, of g, serves both gradients
+        as_conv = dx is not None and s == 1 and p <= k - 1
+        if as_conv:
+            q = k - 1 - p
+            w_flip = np.ascontiguousarray(w_ohwi.reshape(o, k, k, c)[:, ::-1, ::-1, :]
+                                          .transpose(1, 2, 0, 3)).reshape(k * k * o, c)
+            wparts = ws.get("train-wgrad-flip/" + self.name, (len(parts), k * k * o, c), dtype)
+            a2 = a.reshape(n * h * w, c)
+            dx2 = dx.reshape(n * h * w, c)
+        else:
+            wparts = ws.get("train-wgrad/" + self.name, (len(parts), kdim, o), dtype)
 
         def one(i, worker):
             b0, b1 = parts[i]
-            rows = (b1 - b0) * m
-            cols = ws.get(f"train-cols/{worker}", (rows, kdim), dtype)
-            im2col_hwc_into(a, k, s, p, b0, b1, cols)
+            nb = b1 - b0
+            if as_conv:
+                # dx = patches(g) @ flipped weights; dW (flipped) = patches(g)^T @ x
+                gcols = ws.get(f"train-gcols/{worker}", (nb * h * w, k * k * o), dtype)
+                gpad = ws.get(f"train-gpad/{worker}", (nb, ho + 2 * q, wo + 2 * q, o), dtype)
+                patches_hwc_into(g4[b0:b1], k, 1, q, gpad, gcols)
+                rows = slice(b0 * h * w, b1 * h * w)
+                np.matmul(gcols, w_flip, out=dx2[rows])
+                np.matmul(gcols.T, a2[rows], out=wparts[i])
+                return
+            cols = ws.get(f"train-cols/{worker}", (nb * m, kdim), dtype)
+            pad = ws.get(f"train-pad/{worker}", (nb, h + 2 * p, w + 2 * p, c), dtype)
+            patches_hwc_into(a[b0:b1], k, s, p, pad, cols)
             gi = g2[b0 * m:b1 * m]
             np.matmul(cols.T, gi, out=wparts[i])
             if dx is not None:
-                dcols = ws.get(f"train-dcols/{worker}", (rows, kdim), dtype)
+                dcols = ws.get(f"train-dcols/{worker}", (nb * m, kdim), dtype)
                 np.matmul(gi, w_ohwi, out=dcols)
                 col2im_hwc_into(dcols, k, s, p, b0, b1, dx)
 
         run.run_chunks(one, len(parts))
-        wgrad = wparts.sum(axis=0).T.reshape(o, k, k, c)                  # OHWI
+        total = wparts.sum(axis=0)
+        if as_conv:       # ((i', j', o), C) with i' = k-1-i: flip back to OHWI
+            wgrad = total.reshape(k, k, o, c)[::-1, ::-1].transpose(2, 0, 1, 3)
+        else:
+            wgrad = total.T.reshape(o, k, k, c)                              # OHWI
         grads = {"weight": np.ascontiguousarray(wgrad.transpose(0, 3, 1, 2))}
         if self.bias:
             grads["bias"] = g2.sum(axis=0)

@@ -174,6 +174,23 @@ class Relu(Elementwise):
     def grad(self, a, out):
         return out > 0
 
+    # training: the output and the input gradient go into per-layer scratch (a fresh 8 MB array
+    # per stage-1 ResNet layer and step costs more in page faults than the max itself)
+    def forward(self, xs, run):
+        if run.tape is None:
+            return self.fn(xs[0])
+        a = xs[0]
+        out = np.maximum(a, 0, out=run.workspace.get("relu-out/" + self.name, a.shape, a.dtype))
+        run.tape.saved[self.name] = (out,)
+        return out
+
+    def backward(self, g, saved, need, run):
+        out = saved[0]
+        mask = np.greater(out, 0, out=run.workspace.get("relu-mask/" + self.name, out.shape,
+                                                        np.bool_))
+        dx = run.workspace.get("relu-dx/" + self.name, g.shape, g.dtype)
+        return [np.multiply(g, mask, out=dx)], {}
+
 
 @dataclass(frozen=True)
 class Clip(Elementwise):

@@ -41,9 +41,9 @@ def test_run_report_accuracy_layout(default_run):
     for s in acc["series"]:
         assert len(s["mean"]) == len(s["std"]) == 3
     by = {s["compensation"]: s["mean"] for s in acc["series"]}
-    # drift without compensation loses accuracy over a year; GDC keeps most of it
+    # drift without compensation loses accuracy over a year; GDC recovers most of the drop
     assert by["none"][2] < by["gdc"][2] - 0.2
-    assert by["gdc"][2] > acc["fp32"] - 0.05
+    assert (by["gdc"][2] - by["none"][2]) / (acc["fp32"] - by["none"][2]) > 0.8
 
 
 def test_run_report_timing_and_energy_are_consistent(default_run):

@@ -55,9 +55,9 @@ from .rng import Streams, named_rng
 BN_MOMENTUM = 0.1            # PyTorch's default: running = 0.9 * running + 0.1 * batch
 SCHEDULES = ("cosine", "step", "constant")
 STEP_MILESTONES = (0.5, 0.75)  # step schedule: lr / 10 at half and three quarters of the epochs
-# Below this many MACs per training step (forward), BLAS runs single-threaded: on small networks
-# (the digits CNN: 0.45 M MACs per image) thread hand-offs cost more than the GEMMs (measured on 2
-# busy cores: 5 digits epochs 19 s with OpenBLAS threads, 2.8 s without).
+# Below this many MACs per training step (forward), one worker thread: on small networks (the
+# digits CNN: 0.45 M MACs per image, one chunk per layer) hand-offs cost more than the GEMMs
+# (measured on 2 busy cores: 5 digits epochs 19 s with OpenBLAS threads, 2.8 s without).
 SINGLE_THREAD_MACS_PER_STEP = 200_000_000
 CROP_PADDING = 4             # CIFAR augmentation: random 32x32 crop of the 4-pixel zero-padded image
 # One random stream per purpose, under (seed, "train", name): switching noise injection off leaves

@@ -175,21 +175,40 @@ class Relu(Elementwise):
         return out > 0
 
     # training: the output and the input gradient go into per-layer scratch (a fresh 8 MB array
-    # per stage-1 ResNet layer and step costs more in page faults than the max itself)
+    # per stage-1 ResNet layer and step costs more in page faults than the max itself), in chunks
+    # on the pass's workers (numpy releases the GIL for each)
     def forward(self, xs, run):
         if run.tape is None:
             return self.fn(xs[0])
-        a = xs[0]
-        out = np.maximum(a, 0, out=run.workspace.get("relu-out/" + self.name, a.shape, a.dtype))
+        a = np.ascontiguousarray(xs[0])
+        out = run.workspace.get("relu-out/" + self.name, a.shape, a.dtype)
+        a1, out1 = a.reshape(-1), out.reshape(-1)
+        parts = _element_chunks(a1)
+        run.run_chunks(lambda i, w: np.maximum(a1[parts[i]], 0, out=out1[parts[i]]), len(parts))
         run.tape.saved[self.name] = (out,)
         return out
 
     def backward(self, g, saved, need, run):
         out = saved[0]
-        mask = np.greater(out, 0, out=run.workspace.get("relu-mask/" + self.name, out.shape,
-                                                        np.bool_))
-        dx = run.workspace.get("relu-dx/" + self.name, g.shape, g.dtype)
-        return [np.multiply(g, mask, out=dx)], {}
+        g1 = np.ascontiguousarray(g, out.dtype).reshape(-1)
+        out1 = out.reshape(-1)
+        mask = run.workspace.get("relu-mask/" + self.name, out1.shape, np.bool_)
+        dx = run.workspace.get("relu-dx/" + self.name, out.shape, out.dtype)
+        dx1 = dx.reshape(-1)
+        parts = _element_chunks(out1)
+
+        def one(i, worker):
+            sl = parts[i]
+            np.greater(out1[sl], 0, out=mask[sl])
+            np.multiply(g1[sl], mask[sl], out=dx1[sl])
+
+        run.run_chunks(one, len(parts))
+        return [dx], {}
+
+
+def _element_chunks(a1: np.ndarray) -> list[slice]:
+    from ..parallel import chunks
+    return [slice(b0, b1) for b0, b1 in chunks(a1.size, a1.itemsize)]
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,17 @@ batch (75 MB for one ResNet-32 stage-1 layer at batch 128) does not fit any cach
 every layer's work back and forth between numba's and OpenBLAS's thread pools left the two
 spin-waiting against each other on 2 cores (measured: one stage-1 conv, forward and backward,
 214 ms that way against 71 ms chunked). So a training step splits the batch into chunks
-small enough for a core's L2 cache and :class:`Workers` runs the chunks on one thread per core,
-each running single-threaded BLAS and the serial training kernels of :mod:`archsim.kernels` on
-its chunk from start to end. Which chunks there are depends only on the layer's shapes, never on
-the number of workers, and per-chunk partial sums are added in chunk order: the numbers are the
-same bit for bit whatever the number of cores.
+small enough for a core's cache and :class:`Workers` runs the chunks on one thread per core,
+each running single-threaded BLAS, numpy and the serial training kernels of
+:mod:`archsim.kernels` on its chunk from start to end. Which chunks there are depends only on
+the layer's shapes, never on the number of workers, and per-chunk partial sums are added in chunk
+order: the numbers are the same bit for bit whatever the number of cores.
+
+numpy's OpenBLAS chooses its GEMM kernels per CPU when it loads, and the choice changes both the
+speed and the bits of a training run (``OPENBLAS_CORETYPE`` overrides it; it must be set before
+numpy is imported). On this project's AMD EPYC machines it picks its AVX2 "Haswell" kernels
+although the CPU has AVX-512: training there runs about 1.35x faster with
+``OPENBLAS_CORETYPE=SkylakeX`` (benchmarks/bench_training.py prints the kernels in use).
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-# A chunk's scratch (its patch matrix) should stay in one core's cache. Measured on the ResNet-32
-# training step (one worker, images per CPU-second, two passes each): 512 KiB 148/146,
-# 1 MiB 149/152, 2 MiB 163/160, 4 MiB 151/150 (fewer, larger chunks save Python overhead up to
-# about the L2 size; see benchmarks/bench_training.py --chunk-kib).
+# A chunk's scratch (its patch matrix) should stay in cache. Measured on the ResNet-32 training
+# step (one worker, images per CPU-second, two passes each): 512 KiB 148/146, 1 MiB 149/152,
+# 2 MiB 163/160, 4 MiB 151/150; two workers, ms per step: 1 MiB 450/426/473, 2 MiB 420/417/445,
+# 4 MiB 439/432/435, 8 MiB 541/473/478 (fewer, larger chunks save Python overhead up to about
+# there; benchmarks/bench_training.py --chunk-kib compares sizes).
 CHUNK_BYTES = 2 << 20
 
 

@@ -453,7 +453,8 @@ def main(argv=None) -> int:
                     help="times after programming (default 25s,1h,1d,1mo,1y)")
     ap.add_argument("--calib-images", type=int, default=1000, help="AdaBS calibration images")
     ap.add_argument("--mappings", type=lambda t: [m for m in MAPPINGS if m in t.split(",")],
-                    default=list(MAPPINGS), help="mappings to evaluate (default: hybrid,all-analog)")
+                    default=list(MAPPINGS),
+                    help="mappings to evaluate (default: hybrid,all-analog)")
     ap.add_argument("--ship", action="store_true",
                     help=f"copy the noise-trained weights to {SHIPPED.relative_to(REPO)}")
     ap.add_argument("--quiet", action="store_true")

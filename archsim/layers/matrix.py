@@ -258,15 +258,15 @@ class Conv2d(MatrixLayer):
 
     # ---- training in chunks of the batch (archsim.parallel) --------------------------------
     # Neither pass keeps a whole batch's patch matrix: each chunk of images builds its patches in
-    # its worker's scratch (sized for a core's L2 cache) and multiplies, and the backward pass
-    # builds them again rather than reading 75 MB per layer back from memory. Weights are used in
+    # its worker's scratch (sized for a core's cache) and multiplies, and the backward pass builds
+    # patches again rather than reading 75 MB per layer back from memory. Weights are used in
     # OHWI order, the (i, j, c) order of ops.patches_hwc_into. The input gradient of a stride-1
     # conv is itself a convolution (of the output gradient, padded by kernel-1-padding, with the
     # kernel flipped and in/out swapped): patches of g times the flipped weights, written straight
     # into dx - no scatter-add - and the same patches of g give the weight gradient (their
-    # transpose times x, flipped), so the backward pass builds one patch matrix, not two. Strided convs and
-    # the input layer's conv use patches of x (and scatter-add the input gradient,
-    # kernels.col2im_hwc_into). Weight gradients are summed over chunks in chunk order.
+    # transpose times x, flipped), so that backward pass builds one patch matrix, not two.
+    # Strided convs and the input layer's conv use patches of x (and scatter-add the input
+    # gradient, kernels.col2im_hwc_into). Weight gradients are summed over chunks in chunk order.
 
     def _chunk_parts(self, a_shape, g_hw, itemsize):
         k = self.square[0]

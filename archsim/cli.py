@@ -206,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: from scratch, He-normal)")
     p.add_argument("--out", metavar="FILE", required=True,
                    help="weights file to write (.npz) (required)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="write the whole training state to DIR/checkpoint.npz at the end of every "
+                        "epoch: weights, momentum, step, random streams, options (default: none)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the run checkpointed in DIR (same options; checkpoints keep "
+                        "going to DIR unless --checkpoint names another folder) (default: none)")
+    p.add_argument("--stop-after", type=_int_type(1), metavar="EPOCH",
+                   help="stop after this epoch, to continue later with --resume (needs "
+                        "--checkpoint or --resume) (default: run all epochs)")
     p.add_argument("--seed", type=_int_type(0), default=0,
                    help="seed of initialization, shuffling, augmentation and noise (default: 0)")
     p.add_argument("--data", metavar="DIR", help="folder with weights and datasets (default: "
@@ -509,9 +518,18 @@ def _train(args) -> int:
                                   schedule=args.schedule, noise_eta=args.noise,
                                   clip_alpha=args.clip or None, seed=args.seed,
                                   max_images=args.max_images)
+    if args.stop_after is not None and not (args.checkpoint or args.resume):
+        raise training.TrainingError("--stop-after needs --checkpoint DIR (or --resume DIR) to "
+                                     "continue from")
     train_set, test_set = wl.dataset("train"), wl.dataset("test")
     params, history = training.train(wl.network, params, train_set, config,
-                                     progress=not args.quiet)
+                                     progress=not args.quiet, checkpoint=args.checkpoint,
+                                     resume=args.resume, stop_after=args.stop_after)
+    if len(history) < config.epochs:
+        folder = args.checkpoint or args.resume
+        emit(f"stopped after epoch {len(history)} of {config.epochs}; continue with the same "
+             f"options and --resume {folder}")
+        return EXIT_OK
     accuracy = training.evaluate_fp32(wl.network, params, test_set)
     save_weights(params, args.out)
     last = history[-1]

@@ -293,3 +293,170 @@ def adc_accumulate_into(y: np.ndarray, absmax: np.ndarray, colscale: np.ndarray,
                        np.ascontiguousarray(colscale, np.float32), offset,
                        np.inf if bound is None else float(bound), levels_of(bits), noise,
                        float(noise_sigma), out, counts)
+
+
+# ------------------------------------------------------------------------------------------
+# Training: serial kernels on one chunk of a batch (archsim.parallel runs the chunks, one thread
+# per core, so none of these starts threads of its own); float32 and float64 alike (gradient
+# checks). Patches here are in (i, j, c) order (archsim.layers.ops.patches_hwc_into builds them);
+# the weights of a training pass are permuted to match (OHWI).
+# ------------------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _col2im_hwc_kernel(cols, kernel, stride, pad, b0, b1, ho, wo, out):
+    _, h, w, c = out.shape
+    for b in range(b0, b1):
+        out[b] = 0.0
+    row = 0
+    for b in range(b0, b1):
+        for oy in range(ho):
+            for ox in range(wo):
+                col = 0
+                for i in range(kernel):
+                    y = oy * stride + i - pad
+                    for j in range(kernel):
+                        xx = ox * stride + j - pad
+                        if y >= 0 and y < h and xx >= 0 and xx < w:
+                            for ch in range(c):
+                                out[b, y, xx, ch] += cols[row, col + ch]
+                        col += c
+                row += 1
+    return out
+
+
+def _conv_chunk_check(name, x, kernel, stride, padding, b0, b1, cols):
+    n, h, w, c = x.shape
+    if x.dtype != cols.dtype or x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: float32 or float64 arrays of one dtype expected, got {x.dtype} "
+                        f"and {cols.dtype}")
+    if not 0 <= b0 < b1 <= n:
+        raise ValueError(f"{name}: images [{b0}, {b1}) outside a batch of {n}")
+    ho = (h + 2 * padding - kernel) // stride + 1
+    wo = (w + 2 * padding - kernel) // stride + 1
+    shape = ((b1 - b0) * ho * wo, kernel * kernel * c)
+    if cols.shape != shape or not cols.flags.c_contiguous or not x.flags.c_contiguous:
+        raise ValueError(f"{name}: C-contiguous arrays with patches of shape {shape} expected, "
+                         f"got {cols.shape}")
+    return ho, wo
+
+
+def col2im_hwc_into(cols: np.ndarray, kernel: int, stride: int, padding: int, b0: int, b1: int,
+                    out: np.ndarray) -> np.ndarray:
+    """The adjoint of building (i, j, c) patches: patch gradients ((b1-b0)*ho*wo,
+    kernel*kernel*C) of images ``b0 .. b1-1`` scatter-added into ``out[b0:b1]`` (N, H, W, C),
+    which it overwrites (the other images are not touched). Serial."""
+    _conv_chunk_check("col2im_hwc_into", out, kernel, stride, padding, b0, b1, cols)
+    ho = (out.shape[1] + 2 * padding - kernel) // stride + 1
+    wo = (out.shape[2] + 2 * padding - kernel) // stride + 1
+    return _col2im_hwc_kernel(cols, kernel, stride, padding, b0, b1, ho, wo, out)
+
+
+@njit(cache=True, nogil=True)
+def _channel_sums_kernel(a, r0, r1, out):
+    c = a.shape[1]
+    s = np.zeros(c)
+    ss = np.zeros(c)
+    for r in range(r0, r1):
+        for ch in range(c):
+            v = np.float64(a[r, ch])
+            s[ch] += v
+            ss[ch] += v * v
+    out[0, :] = s
+    out[1, :] = ss
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _channel_affine_kernel(a, r0, r1, scale, shift, out):
+    c = a.shape[1]
+    for r in range(r0, r1):
+        for ch in range(c):
+            out[r, ch] = a[r, ch] * scale[ch] + shift[ch]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _bn_grad_sums_kernel(g, a, mean, inv_std, r0, r1, out):
+    c = a.shape[1]
+    sg = np.zeros(c)
+    sgx = np.zeros(c)
+    for r in range(r0, r1):
+        for ch in range(c):
+            gv = np.float64(g[r, ch])
+            sg[ch] += gv
+            sgx[ch] += gv * ((np.float64(a[r, ch]) - mean[ch]) * inv_std[ch])
+    out[0, :] = sg
+    out[1, :] = sgx
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _bn_grad_input_kernel(g, a, mean, k_g, k_0, k_x, r0, r1, out):
+    c = a.shape[1]
+    for r in range(r0, r1):
+        for ch in range(c):
+            out[r, ch] = g[r, ch] * k_g[ch] - k_0[ch] - (a[r, ch] - mean[ch]) * k_x[ch]
+    return out
+
+
+def _rows_check(name, arrays, r0, r1, c):
+    dtype = arrays[0].dtype
+    for arr in arrays:
+        if arr.dtype != dtype or dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}: float32 or float64 arrays of one dtype expected")
+        if arr.ndim != 2 or arr.shape != arrays[0].shape or not arr.flags.c_contiguous:
+            raise ValueError(f"{name}: C-contiguous (rows, channels) arrays of one shape expected")
+    if not 0 <= r0 <= r1 <= arrays[0].shape[0] or arrays[0].shape[1] != c:
+        raise ValueError(f"{name}: rows [{r0}, {r1}) or {c} channels do not fit "
+                         f"{arrays[0].shape}")
+
+
+def _per_channel(values, c, dtype=np.float64):
+    arr = np.ascontiguousarray(values, dtype)
+    if arr.shape != (c,):
+        raise ValueError(f"per-channel values of shape ({c},) expected, got {arr.shape}")
+    return arr
+
+
+def channel_sums_into(a: np.ndarray, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+    """Per-channel sum and sum of squares of rows ``r0 .. r1-1`` of ``a`` (rows, C), accumulated
+    in float64, into ``out`` (2, C) float64: the partial batch statistics of one chunk."""
+    _rows_check("channel_sums_into", [a], r0, r1, a.shape[1])
+    if out.shape != (2, a.shape[1]) or out.dtype != np.float64:
+        raise ValueError(f"channel_sums_into: out must be float64 (2, {a.shape[1]})")
+    return _channel_sums_kernel(a, r0, r1, out)
+
+
+def channel_affine_into(a: np.ndarray, r0: int, r1: int, scale: np.ndarray, shift: np.ndarray,
+                        out: np.ndarray) -> np.ndarray:
+    """``out[r] = a[r] * scale + shift`` for rows ``r0 .. r1-1`` (per-channel scale and shift in
+    the dtype of ``a``): BatchNorm's forward with its statistics folded in."""
+    c = a.shape[1]
+    _rows_check("channel_affine_into", [a, out], r0, r1, c)
+    return _channel_affine_kernel(a, r0, r1, _per_channel(scale, c, a.dtype),
+                                  _per_channel(shift, c, a.dtype), out)
+
+
+def batchnorm_grad_sums_into(g: np.ndarray, a: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+                             r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+    """Per-channel sum of ``g`` and of ``g * xhat`` with ``xhat = (a - mean) * inv_std``, rows
+    ``r0 .. r1-1``, accumulated in float64 into ``out`` (2, C): BatchNorm's bias and weight
+    gradients (partial, one chunk)."""
+    c = a.shape[1]
+    _rows_check("batchnorm_grad_sums_into", [g, a], r0, r1, c)
+    if out.shape != (2, c) or out.dtype != np.float64:
+        raise ValueError(f"batchnorm_grad_sums_into: out must be float64 (2, {c})")
+    return _bn_grad_sums_kernel(g, a, _per_channel(mean, c), _per_channel(inv_std, c), r0, r1,
+                                out)
+
+
+def batchnorm_grad_input_into(g: np.ndarray, a: np.ndarray, mean: np.ndarray, k_g: np.ndarray,
+                              k_0: np.ndarray, k_x: np.ndarray, r0: int, r1: int,
+                              out: np.ndarray) -> np.ndarray:
+    """``out[r] = g[r] * k_g - k_0 - (a[r] - mean) * k_x`` for rows ``r0 .. r1-1`` (per-channel
+    factors in the dtype of ``a``): the input gradient of a train-mode BatchNorm in one pass."""
+    c = a.shape[1]
+    _rows_check("batchnorm_grad_input_into", [g, a, out], r0, r1, c)
+    dt = a.dtype
+    return _bn_grad_input_kernel(g, a, _per_channel(mean, c, dt), _per_channel(k_g, c, dt),
+                                 _per_channel(k_0, c, dt), _per_channel(k_x, c, dt), r0, r1, out)

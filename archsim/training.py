@@ -14,37 +14,57 @@ noise of :mod:`archsim.functional` better.
 
 Each layer kind's training forward and backward live in its class (:mod:`archsim.layers`);
 this module walks the graph, runs the loss and the optimizer. Convolutions are GEMMs on im2col
-patches (the same (c, i, j) order as :mod:`archsim.network`); the input gradient goes back through
-:func:`archsim.kernels.col2im_into`. Everything works in float32
-for training and in float64 for the gradient checks of the tests. All randomness (initial weights,
-shuffling, augmentation, weight noise) comes from one ``numpy.random.Generator(config.seed)``.
+patches, built chunk by chunk of the batch in a core's cache and built again in the backward pass
+(:mod:`archsim.parallel` runs the chunks, one thread per core, BLAS single-threaded in each).
+Everything works in float32 for training and in float64 for the gradient checks of the tests.
+
+Randomness: one named stream per purpose (:data:`STREAMS`: initial weights, shuffling,
+augmentation, weight noise; plus the ``max_images`` subset) under ``(config.seed, "train")``
+(:mod:`archsim.rng`). A checkpoint (:func:`save_checkpoint`, every epoch) holds the weights, the
+momentum buffers, the step and epoch, every stream's state and the run's identity; resuming from
+it gives the same weights bit for bit as a run that was never interrupted. The numbers do not
+depend on the number of worker threads; they do depend on the BLAS library's kernels (numpy's
+OpenBLAS picks them per CPU family), so bit-identity holds on one machine type and numpy build.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import hashlib
+import io
+import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .datasets import Dataset
 from .errors import ArchsimError
 from .layers import Pass, Tape
 from .network import INPUT, Network, Workspace, init_params, predict, walk
+from .parallel import Workers, training_threads
 from .progress import Progress
+from .rng import Streams, named_rng
 
 BN_MOMENTUM = 0.1            # PyTorch's default: running = 0.9 * running + 0.1 * batch
 SCHEDULES = ("cosine", "step", "constant")
 STEP_MILESTONES = (0.5, 0.75)  # step schedule: lr / 10 at half and three quarters of the epochs
-# Below this many MACs per training step (forward), BLAS runs single-threaded: on small networks
-# (the digits CNN: 0.45 M MACs per image) thread hand-offs cost more than the GEMMs (measured on 2
-# busy cores: 5 digits epochs 19 s with OpenBLAS threads, 2.8 s without).
+# Below this many MACs per training step (forward), one worker thread: on small networks (the
+# digits CNN: 0.45 M MACs per image, one chunk per layer) hand-offs cost more than the GEMMs
+# (measured on 2 busy cores: 5 digits epochs 19 s with OpenBLAS threads, 2.8 s without).
 SINGLE_THREAD_MACS_PER_STEP = 200_000_000
 CROP_PADDING = 4             # CIFAR augmentation: random 32x32 crop of the 4-pixel zero-padded image
+# One random stream per purpose, under (seed, "train", name): switching noise injection off leaves
+# the shuffling and augmentation of a run as they were (a clean control run).
+STREAMS = ("init", "shuffle", "augment", "noise")
+CHECKPOINT_FILE = "checkpoint.npz"
+CHECKPOINT_FORMAT = "archsim-train-checkpoint/1"
 
 
 class TrainingError(ArchsimError):
@@ -89,6 +109,11 @@ class EpochStats:
     train_accuracy: float   # fraction right in those forward passes
     seconds: float
     lr: float               # learning rate of the epoch's first step
+    images: int = 0         # images trained on (whole batches)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -97,7 +122,8 @@ class EpochStats:
 
 def forward_train(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
                   train: bool = True, weights: Mapping[str, np.ndarray] | None = None,
-                  workspace: Workspace | None = None) -> tuple[np.ndarray, Tape]:
+                  workspace: Workspace | None = None, workers: Workers | None = None
+                  ) -> tuple[np.ndarray, Tape]:
     """Logits of a batch plus the tape for :func:`backward`: the graph walk of
     :func:`archsim.network.walk` with every layer recording what its backward needs.
 
@@ -109,20 +135,22 @@ def forward_train(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray,
     x = np.asarray(x, dtype)
     tape = Tape(input_shape=x.shape)
     run = Pass(params, workspace if workspace is not None else Workspace(), dtype=dtype,
-               tape=tape, batch_statistics=train, weights=weights)
+               tape=tape, batch_statistics=train, weights=weights, workers=workers)
     out = walk(net, x, lambda layer, xs: layer.forward(xs, run).astype(dtype, copy=False))
     return out, tape
 
 
 def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: bool = False,
-             workspace: Workspace | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+             workspace: Workspace | None = None, workers: Workers | None = None
+             ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Gradients of a scalar loss given ``dout`` = dLoss/dLogits: ({param name: grad}, dLoss/dx).
 
     Parameter gradients cover the trainable parameters (conv/linear weights and biases, BatchNorm
     weight and bias); with a train-mode tape BatchNorm differentiates through the batch statistics.
     Layers run in reverse graph order; gradients of activations used twice are summed.
     """
-    run = Pass({}, workspace if workspace is not None else Workspace(), dtype=dout.dtype)
+    run = Pass({}, workspace if workspace is not None else Workspace(), dtype=dout.dtype,
+               workers=workers)
     grads: dict[str, np.ndarray] = {}
     dvals: dict[str, np.ndarray] = {net.output: dout}
 
@@ -225,109 +253,249 @@ def _normalize(dataset: Dataset, raw: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------
+# Training state, checkpoints
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    """Everything a run carries from one epoch to the next: resuming from it continues the run
+    exactly. ``rngs`` are the named random streams (one per purpose, :data:`STREAMS`)."""
+    params: dict[str, np.ndarray]
+    velocity: dict[str, np.ndarray]            # SGD momentum buffers, one per trainable tensor
+    rngs: dict[str, np.random.Generator]
+    epoch: int = 0                             # epochs finished
+    step: int = 0                              # optimizer steps taken (the schedule position)
+    history: list[EpochStats] = field(default_factory=list)
+
+
+def run_identity(network: Network, params: Mapping[str, np.ndarray] | None, train_set: Dataset,
+                 config: TrainConfig) -> dict:
+    """What a checkpoint must agree on with the run that resumes it: the options, the network,
+    the starting weights and the training images (content digests, not file names)."""
+    def digest(arrays) -> str:
+        h = hashlib.sha256()
+        for name, arr in arrays:
+            arr = np.ascontiguousarray(arr)
+            h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+            h.update(memoryview(arr).cast("B"))
+        return h.hexdigest()[:16]
+
+    return {
+        "config": {f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+        "network": network.name,
+        "parameters": hashlib.sha256(repr(sorted(network.param_shapes().items())).encode()
+                                     ).hexdigest()[:16],
+        "initial_weights": "scratch" if params is None else
+                           digest((k, params[k]) for k in sorted(params)),
+        "training_images": f"{train_set.name}, {len(train_set)} images, "
+                           f"{digest([('x', train_set.images), ('y', train_set.labels)])}",
+    }
+
+
+def save_checkpoint(folder: str | Path, state: TrainState, identity: dict) -> Path:
+    """``folder/checkpoint.npz``, written atomically: weights (``param/NAME``), momentum
+    (``momentum/NAME``) and one JSON string (``state``) with the epoch, step, history, every
+    random stream's ``bit_generator.state`` and the run's identity (:func:`run_identity`)."""
+    meta = {"format": CHECKPOINT_FORMAT, "epoch": state.epoch, "step": state.step,
+            "identity": identity, "history": [dataclasses.asdict(h) for h in state.history],
+            "rngs": {name: rng.bit_generator.state for name, rng in state.rngs.items()}}
+    arrays = {f"param/{k}": np.asarray(v, np.float32) for k, v in state.params.items()}
+    arrays.update({f"momentum/{k}": np.asarray(v, np.float32) for k, v in state.velocity.items()})
+    arrays["state"] = np.array(json.dumps(meta, sort_keys=True))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path = Path(folder) / CHECKPOINT_FILE
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def checkpoint_path(folder: str | Path) -> Path:
+    return Path(folder) / CHECKPOINT_FILE
+
+
+def load_checkpoint(folder: str | Path) -> tuple[TrainState, dict]:
+    """The :class:`TrainState` and identity saved by :func:`save_checkpoint` in ``folder``."""
+    path = checkpoint_path(folder)
+    if not path.exists():
+        raise TrainingError(f"{path}: no checkpoint here (write one with --checkpoint "
+                            f"{Path(folder)})")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["state"]))
+            params = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
+            velocity = {k[len("momentum/"):]: data[k] for k in data.files
+                        if k.startswith("momentum/")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise TrainingError(f"{path}: not a readable training checkpoint ({exc})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path}: checkpoint format {meta.get('format')!r}, expected "
+                            f"{CHECKPOINT_FORMAT!r}")
+    rngs = {}
+    for name, st in meta["rngs"].items():
+        gen = np.random.Generator(getattr(np.random, st["bit_generator"])())
+        gen.bit_generator.state = st
+        rngs[name] = gen
+    state = TrainState(params, velocity, rngs, meta["epoch"], meta["step"],
+                       [EpochStats(**h) for h in meta["history"]])
+    return state, meta["identity"]
+
+
+def _identity_mismatch(saved: dict, current: dict) -> list[str]:
+    out = []
+    for key in current:
+        if key == "config":
+            for name, value in current["config"].items():
+                old = saved.get("config", {}).get(name)
+                if old != value:
+                    out.append(f"{name} {value!r} (checkpoint: {old!r})")
+        elif saved.get(key) != current[key]:
+            out.append(f"{key} {current[key]!r} (checkpoint: {saved.get(key)!r})")
+    return out
+
+
+def new_state(network: Network, params: Mapping[str, np.ndarray] | None,
+              config: TrainConfig) -> TrainState:
+    """The state before the first epoch: the named streams of ``config.seed``, the starting
+    weights (He-normal from the ``init`` stream when ``params`` is None) and zero momentum."""
+    streams = Streams(config.seed).child("train")
+    rngs = {name: streams(name) for name in STREAMS}
+    if params is None:
+        params = init_params(network, rngs["init"])
+    params = {k: np.array(v, dtype=np.float32) for k, v in
+              network.check_params(params, "initial parameters").items()}
+    velocity = {k: np.zeros_like(params[k]) for k in trainable_names(network)}
+    return TrainState(params, velocity, rngs)
+
+
+# ------------------------------------------------------------------------------------------
 # Training loop and evaluation
 # ------------------------------------------------------------------------------------------
 
 def train(network: Network, params: dict | None, train_set: Dataset, config: TrainConfig, *,
-          progress: bool = True, on_epoch: Callable[[EpochStats, dict], None] | None = None
+          progress: bool = True, on_epoch: Callable[[EpochStats, dict], None] | None = None,
+          checkpoint: str | Path | None = None, resume: str | Path | None = None,
+          stop_after: int | None = None, workers: int | None = None
           ) -> tuple[dict, list[EpochStats]]:
     """Train ``network`` on ``train_set``: from scratch (``params=None``: He-normal initialization
     from the config's seed) or fine-tuning from ``params`` (not modified). Returns the trained
-    float32 parameters (running statistics included) and one :class:`EpochStats` per epoch.
+    float32 parameters (running statistics included) and one :class:`EpochStats` per epoch (those
+    of a resumed run's earlier epochs included).
 
-    ``on_epoch(stats, params)`` is called after every epoch (e.g. to save a checkpoint). With
-    ``progress``, a bar runs over an epoch's batches and one line per epoch goes to stderr.
+    ``checkpoint``: a folder where :func:`save_checkpoint` writes the whole state at the end of
+    every epoch (a run killed mid-epoch loses that epoch only). ``resume``: a folder to continue
+    from; the run must be the checkpoint's (same options, network, starting weights and training
+    images: else a :class:`TrainingError` says what differs), and the result is bit for bit that
+    of an uninterrupted run. ``stop_after``: return after this epoch (resume later).
+    ``workers``: threads for the batch chunks (default: one per available core; 1 for small
+    networks) - the numbers do not depend on it.
+
+    ``on_epoch(stats, params)`` is called after every epoch (after the checkpoint is written).
+    With ``progress``, a bar runs over an epoch's batches and one line per epoch goes to stderr.
     """
-    rng = np.random.default_rng(config.seed)
-    if params is None:
-        params = init_params(network, rng)
-    params = {k: np.array(v, dtype=np.float32) for k, v in
-              network.check_params(params, "initial parameters").items()}
+    identity = run_identity(network, params, train_set, config)
+    if resume is not None:
+        state, saved = load_checkpoint(resume)
+        diff = _identity_mismatch(saved, identity)
+        if diff:
+            raise TrainingError(f"{checkpoint_path(resume)}: this run is not the checkpoint's: "
+                                f"{'; '.join(diff)} (resume with the checkpoint's options, or "
+                                "start a new checkpoint folder)")
+        network.check_params(state.params, str(checkpoint_path(resume)))
+        if checkpoint is None:
+            checkpoint = resume
+    else:
+        if checkpoint is not None and checkpoint_path(checkpoint).exists():
+            raise TrainingError(f"{checkpoint_path(checkpoint)}: a checkpoint is already there: "
+                                f"continue it with --resume {checkpoint}, or choose another folder")
+        state = new_state(network, params, config)
     n_total = len(train_set)
-    index = (np.sort(rng.choice(n_total, config.max_images, replace=False))
-             if config.max_images is not None and config.max_images < n_total
-             else np.arange(n_total))
+    index = (training_subset(config, n_total) if config.max_images is not None
+             and config.max_images < n_total else np.arange(n_total))
     n = len(index)
     if n < 2:
         raise TrainingError(f"{train_set.source}: need at least 2 training images, got {n}")
     batch = min(config.batch_size, n)
     steps_per_epoch = n // batch           # whole batches only: BatchNorm sees full batches
     augment = config.augment if config.augment is not None else train_set.name == "cifar10"
+    if workers is None:
+        workers = 1 if network.total_macs() * batch < SINGLE_THREAD_MACS_PER_STEP else None
     workspace = Workspace()
-    history: list[EpochStats] = []
-    with _blas_threads(1 if network.total_macs() * batch < SINGLE_THREAD_MACS_PER_STEP else None):
-        _train_epochs(network, params, train_set, config, index, batch, steps_per_epoch, augment,
-                      rng, workspace, history, progress, on_epoch)
-    return params, history
-
-
-def _blas_threads(limit: int | None):
-    """A context limiting the BLAS thread pool (threadpoolctl comes with scikit-learn)."""
-    if limit is None:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=limit, user_api="blas")
-
-
-def _train_epochs(network, params, train_set, config, index, batch, steps_per_epoch, augment,
-                  rng, workspace, history, progress, on_epoch) -> None:
-    n = len(index)
-    names = trainable_names(network)
-    velocity = {k: np.zeros_like(params[k]) for k in names}
-    clip = config.clip_alpha if config.clip_alpha else None
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        order = index[rng.permutation(n)]
-        loss_sum, correct, seen = 0.0, 0, 0
-        first_lr = learning_rate(config, step, steps_per_epoch)
-        label = f"train {network.name} epoch {epoch}/{config.epochs}"
-        with Progress(steps_per_epoch, label, enabled=progress) as bar:
-            for b in range(steps_per_epoch):
-                idx = np.sort(order[b * batch:(b + 1) * batch])
-                raw = train_set.images[idx]
-                if augment:
-                    raw = augment_cifar(raw, rng)
-                x, y = _normalize(train_set, raw), train_set.labels[idx]
-                noisy = (noisy_weights(network, params, config.noise_eta, rng)
-                         if config.noise_eta > 0 else None)
-                logits, tape = forward_train(network, params, x, weights=noisy,
-                                             workspace=workspace)
-                loss, dlogits = softmax_cross_entropy(logits, y)
-                grads, _ = backward(network, tape, dlogits, workspace=workspace)
-                lr = learning_rate(config, step, steps_per_epoch)
-                for k in names:
-                    g = grads[k]
-                    if config.weight_decay:
-                        g = g + config.weight_decay * params[k]
-                    v = velocity[k]
-                    v *= config.momentum
-                    v += g
-                    params[k] -= (lr * v).astype(np.float32)
-                for bn, (mean, var) in tape.batch_stats.items():
-                    for key, stat in (("running_mean", mean), ("running_var", var)):
-                        p = params[f"{bn}.{key}"]
-                        p *= 1.0 - BN_MOMENTUM
-                        p += BN_MOMENTUM * stat.astype(np.float32)
-                if clip is not None:
-                    clip_weights(network, params, clip)
-                step += 1
-                loss_sum += loss * len(y)
-                correct += int((logits.argmax(axis=1) == y).sum())
-                seen += len(y)
-                bar.advance(1, f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}")
-        stats = EpochStats(epoch, loss_sum / max(seen, 1), correct / max(seen, 1),
-                           time.perf_counter() - start, first_lr)
-        history.append(stats)
+    last = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    while state.epoch < last:
+        with training_threads(workers) as pool:
+            stats = _train_epoch(network, train_set, config, state, index, batch,
+                                 steps_per_epoch, augment, workspace, pool, progress)
+        state.history.append(stats)
         if progress:
-            print(f"epoch {epoch}/{config.epochs}: loss {stats.loss:.4f}  train acc "
-                  f"{stats.train_accuracy:.4f}  {stats.seconds:.1f}s  lr {stats.lr:.4g}",
+            print(f"epoch {stats.epoch}/{config.epochs}: loss {stats.loss:.4f}  train acc "
+                  f"{stats.train_accuracy:.4f}  {stats.seconds:.1f}s  "
+                  f"{stats.images_per_s:.1f} images/s  lr {stats.lr:.4g}",
                   file=sys.stderr, flush=True)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, state, identity)
         if on_epoch is not None:
-            on_epoch(stats, params)
+            on_epoch(stats, state.params)
+    return state.params, list(state.history)
+
+
+def training_subset(config: TrainConfig, n_total: int) -> np.ndarray:
+    """The ``max_images`` training images of a run (sorted indices), from its ``subset`` stream:
+    the same for every epoch and every resume."""
+    gen = named_rng(config.seed, "train", "subset")
+    return np.sort(gen.choice(n_total, config.max_images, replace=False))
+
+
+def _train_epoch(network, train_set, config, state: TrainState, index, batch, steps_per_epoch,
+                 augment, workspace, workers, progress) -> EpochStats:
+    n = len(index)
+    params, velocity, rngs = state.params, state.velocity, state.rngs
+    names = list(velocity)
+    clip = config.clip_alpha if config.clip_alpha else None
+    epoch = state.epoch + 1
+    start = time.perf_counter()
+    order = index[rngs["shuffle"].permutation(n)]
+    loss_sum, correct, seen = 0.0, 0, 0
+    first_lr = learning_rate(config, state.step, steps_per_epoch)
+    label = f"train {network.name} epoch {epoch}/{config.epochs}"
+    with Progress(steps_per_epoch, label, enabled=progress) as bar:
+        for b in range(steps_per_epoch):
+            idx = np.sort(order[b * batch:(b + 1) * batch])
+            raw = train_set.images[idx]
+            if augment:
+                raw = augment_cifar(raw, rngs["augment"])
+            x, y = _normalize(train_set, raw), train_set.labels[idx]
+            noisy = (noisy_weights(network, params, config.noise_eta, rngs["noise"])
+                     if config.noise_eta > 0 else None)
+            logits, tape = forward_train(network, params, x, weights=noisy,
+                                         workspace=workspace, workers=workers)
+            loss, dlogits = softmax_cross_entropy(logits, y)
+            grads, _ = backward(network, tape, dlogits, workspace=workspace, workers=workers)
+            lr = learning_rate(config, state.step, steps_per_epoch)
+            for k in names:
+                g = grads[k]
+                if config.weight_decay:
+                    g = g + config.weight_decay * params[k]
+                v = velocity[k]
+                v *= config.momentum
+                v += g
+                params[k] -= (lr * v).astype(np.float32)
+            for bn, (mean, var) in tape.batch_stats.items():
+                for key, stat in (("running_mean", mean), ("running_var", var)):
+                    p = params[f"{bn}.{key}"]
+                    p *= 1.0 - BN_MOMENTUM
+                    p += BN_MOMENTUM * stat.astype(np.float32)
+            if clip is not None:
+                clip_weights(network, params, clip)
+            state.step += 1
+            loss_sum += loss * len(y)
+            correct += int((logits.argmax(axis=1) == y).sum())
+            seen += len(y)
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.advance(1, f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
+                           f"{rate:.0f} images/s")
+    state.epoch = epoch
+    return EpochStats(epoch, loss_sum / max(seen, 1), correct / max(seen, 1),
+                      time.perf_counter() - start, first_lr, seen)
 
 
 def evaluate_fp32(network: Network, params: Mapping[str, np.ndarray], dataset: Dataset,
@@ -343,6 +511,7 @@ def evaluate_fp32(network: Network, params: Mapping[str, np.ndarray], dataset: D
     return correct / len(dataset)
 
 
-__all__ = ["TrainConfig", "EpochStats", "TrainingError", "train", "evaluate_fp32", "forward_train",
-           "backward", "softmax_cross_entropy", "learning_rate", "noisy_weights", "clip_weights",
-           "augment_cifar", "trainable_names", "weight_names"]
+__all__ = ["TrainConfig", "EpochStats", "TrainingError", "TrainState", "train", "evaluate_fp32",
+           "forward_train", "backward", "softmax_cross_entropy", "learning_rate", "noisy_weights",
+           "clip_weights", "augment_cifar", "trainable_names", "weight_names", "save_checkpoint",
+           "load_checkpoint", "checkpoint_path", "run_identity", "new_state", "training_subset"]

@@ -24,7 +24,7 @@ from .datasets import Dataset, check_dataset, load_cifar10, load_digits_split, r
 from .errors import ConfigError, DataError, WorkloadError
 from .network import BUILTIN_NETWORKS, Network
 
-SHIPPED_WORKLOADS = ("digits_cnn", "resnet32_cifar10")
+SHIPPED_WORKLOADS = ("digits_cnn", "resnet32_cifar10", "resnet32_cifar10_noise")
 DEFAULT_WORKLOAD = "digits_cnn"
 # --dataset NAME: the dataset section (files, normalization) of the shipped workload using it
 DATASET_WORKLOADS = {"digits": "digits_cnn", "cifar10": "resnet32_cifar10"}

@@ -1,6 +1,10 @@
-"""The accuracy benchmark's report: the 'what it shows' numbers and re-rendering from JSON."""
+"""The report scripts in benchmarks/: the accuracy benchmark's 'what it shows' numbers and
+re-rendering from JSON; the noise fine-tune experiment's goal check, report, variants and (slow)
+the whole pipeline at tiny size."""
 
 import importlib.util
+
+import pytest
 
 from archsim.functional import AccuracyResult, AccuracySeries
 
@@ -44,3 +48,96 @@ def test_findings_and_render_round_trip(tmp_path):
     out.unlink()
     assert script.main(["--render", str(tmp_path / "acc.json")]) == 0
     assert out.read_text() == md
+
+
+# ---- benchmarks/noise_finetune_resnet32.py -------------------------------------------------------
+
+def load_finetune_script():
+    spec = importlib.util.spec_from_file_location(
+        "noise_finetune_resnet32", REPO / "benchmarks" / "noise_finetune_resnet32.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _eval_json(folder, network, mapping, fp32, gdc_adabs, stds, times=(25.0, 86400.0)):
+    """A saved evaluation: gdc+adabs means per time (and gdc one point lower), two chips."""
+    import json
+    series = []
+    for comp, shift in (("gdc", -0.01), ("gdc+adabs", 0.0)):
+        mean = [m + shift for m in gdc_adabs]
+        series.append({"mapping": mapping, "compensation": comp, "mean": mean, "std": list(stds),
+                       "per_seed": [[m - s for m, s in zip(mean, stds)],
+                                    [m + s for m, s in zip(mean, stds)]]})
+    acc = {"fp32": fp32, "times_s": list(times), "seeds": 2, "images": 100, "calib_images": 10,
+           "series": series}
+    (folder / "eval").mkdir(parents=True, exist_ok=True)
+    (folder / "eval" / f"{network}__{mapping}.json").write_text(json.dumps(
+        {"network": network, "mapping": mapping, "complete": True, "seconds": 60.0,
+         "accuracy": acc}))
+
+
+def test_noise_finetune_goal_check_and_report(tmp_path):
+    """Hand-made results: noise-trained FP32 88.0%, 87.3% at 1 day (drop 0.7 <= 1.0: met), control
+    85.0 +- 0.4 (margin 2.3 > 0.5, the larger std: met); then a noise run 1.5 points down."""
+    script = load_finetune_script()
+    runs = tmp_path / "runs"
+    _eval_json(runs, "pretrained", "hybrid", 0.8256, (0.80, 0.79), (0.003, 0.003))
+    _eval_json(runs, "control", "hybrid", 0.880, (0.86, 0.850), (0.004, 0.004))
+    _eval_json(runs, "noise", "hybrid", 0.880, (0.875, 0.873), (0.002, 0.005))
+    _eval_json(runs, "noise", "all-analog", 0.880, (0.85, 0.84), (0.01, 0.01))
+    out = tmp_path / "report.md"
+    summary = script.render(runs, out, {"command": "by hand"}, ["noise", "control"])
+    goal = summary["goal"]
+    assert goal["drop_points"] == pytest.approx(0.7)
+    assert goal["margin_points"] == pytest.approx(2.3)
+    assert goal["chip_std_points"] == pytest.approx(0.5)
+    assert goal["within_1_point"] and goal["beats_control"]
+    md = out.read_text()
+    assert "**Goal (Joshi et al. 2020): met.**" in md
+    assert "| noise | gdc+adabs | 88.00 | 87.50 ± 0.20 | 87.30 ± 0.50 | 2 |" in md
+    assert "## Mapping `all-analog`" in md and (tmp_path / "report.json").exists()
+    # the noise network 1.5 points below its FP32 and only 0.3 above the control
+    _eval_json(runs, "noise", "hybrid", 0.880, (0.875, 0.865), (0.002, 0.005))
+    _eval_json(runs, "control", "hybrid", 0.880, (0.86, 0.862), (0.004, 0.004))
+    goal = script.render(runs, out, {}, ["noise", "control"])["goal"]
+    assert goal["short_by_points"]["drop"] == pytest.approx(0.5)
+    assert goal["short_by_points"]["margin"] == pytest.approx(0.2)
+    md = out.read_text()
+    assert "not met" in md and "short by 0.50 points" in md and "short by 0.20 points" in md
+
+
+def test_noise_finetune_variants_and_the_shipped_command():
+    script = load_finetune_script()
+    assert script.parse_variant("noise") == ("noise", {"eta": 0.038, "clip": 2.5})
+    assert script.parse_variant("long:eta=0.05,clip=2,epochs=30") == (
+        "long", {"eta": 0.05, "clip": 2.0, "epochs": 30})
+    with pytest.raises(Exception, match="eta= and clip="):
+        script.parse_variant("x:epochs=3")
+    # the workload YAML quotes the archsim train command of the script's defaults
+    args = script.main.__globals__["argparse"].Namespace(
+        epochs=script.DEFAULT_EPOCHS, lr=script.DEFAULT_LR, batch_size=128, seed=0,
+        train_images=None)
+    command = script.reproduce_command("noise", args, script.train_config(
+        args, script.DEFAULT_VARIANTS["noise"]))
+    yaml_text = (REPO / "workloads" / "resnet32_cifar10_noise.yaml").read_text()
+    flat = " ".join(line.lstrip("# ").strip() for line in yaml_text.splitlines())
+    assert command in " ".join(flat.split())
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_noise_finetune_pipeline_at_tiny_size(tmp_path):
+    """The whole experiment at tiny size (about 2 minutes): both fine-tunes, six evaluations, the
+    report; a second run resumes everything and changes nothing."""
+    script = load_finetune_script()
+    argv = ["--train-images", "256", "--epochs", "1", "--test-images", "64", "--chips", "1",
+            "--times", "25s,1d", "--calib-images", "32", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "r.md"), "--quiet"]
+    script.main(argv)
+    first = (tmp_path / "r.json").read_text()
+    assert len(list((tmp_path / "runs" / "eval").glob("*.json"))) == 6
+    script.main(argv)                      # all done: nothing reruns, same numbers
+    import json
+    a, b = json.loads(first), json.loads((tmp_path / "r.json").read_text())
+    assert a["evaluation"] == b["evaluation"] and a["goal"] == b["goal"]

@@ -41,9 +41,9 @@ def test_run_report_accuracy_layout(default_run):
     for s in acc["series"]:
         assert len(s["mean"]) == len(s["std"]) == 3
     by = {s["compensation"]: s["mean"] for s in acc["series"]}
-    # drift without compensation loses accuracy over a year; GDC keeps most of it
+    # drift without compensation loses accuracy over a year; GDC recovers most of the drop
     assert by["none"][2] < by["gdc"][2] - 0.2
-    assert by["gdc"][2] > acc["fp32"] - 0.05
+    assert (by["gdc"][2] - by["none"][2]) / (acc["fp32"] - by["none"][2]) > 0.8
 
 
 def test_run_report_timing_and_energy_are_consistent(default_run):
@@ -136,6 +136,27 @@ def test_train_writes_loadable_weights(tmp_path, capsys):
     params = load_workload("digits_cnn").load_params(out)
     assert params["conv1.weight"].shape == (16, 1, 3, 3)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_train_checkpoint_and_resume_through_the_cli(tmp_path, capsys):
+    """2 epochs in one run == 1 epoch, stop, --resume, 1 more (bit for bit); resuming with other
+    options is one line and exit 2."""
+    import numpy as np
+    common = ["train", "digits_cnn", "--epochs", "2", "--max-images", "192", "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "whole.npz")]) == 0
+    ck = str(tmp_path / "ck")
+    assert main(common + ["--checkpoint", ck, "--stop-after", "1",
+                          "--out", str(tmp_path / "split.npz")]) == 0
+    assert f"--resume {ck}" in capsys.readouterr().out
+    assert not (tmp_path / "split.npz").exists()
+    code = main(common + ["--lr", "0.1", "--resume", ck, "--out", str(tmp_path / "split.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "lr 0.1 (checkpoint: 0.05)" in err
+    assert main(common + ["--resume", ck, "--out", str(tmp_path / "split.npz")]) == 0
+    with np.load(tmp_path / "whole.npz") as a, np.load(tmp_path / "split.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_train_with_a_bad_init_file_is_one_line(tmp_path, capsys):

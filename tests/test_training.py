@@ -11,11 +11,16 @@ import pytest
 
 from archsim import network as nw
 from archsim.datasets import Dataset
-from archsim.kernels import col2im_into, im2col_into
+from archsim import parallel, training
+from archsim.kernels import (batchnorm_grad_input_into, batchnorm_grad_sums_into,
+                             channel_affine_into, channel_sums_into, col2im_hwc_into, col2im_into,
+                             im2col_into)
+from archsim.layers.ops import patches_hwc_into
+from archsim.parallel import Workers, chunks
 from archsim.network import INPUT, Layer, Network
 from archsim.training import (TrainConfig, TrainingError, augment_cifar, backward, clip_weights,
-                              evaluate_fp32, forward_train, learning_rate, noisy_weights,
-                              softmax_cross_entropy, train)
+                              evaluate_fp32, forward_train, learning_rate, load_checkpoint,
+                              noisy_weights, softmax_cross_entropy, train)
 from archsim.workloads import load_workload
 
 
@@ -77,6 +82,15 @@ GRAD_NETS = {
                           bias=True)], (5, 5, 2)),
     "conv2d_nopad": _net([Layer("c", "conv2d", (INPUT,), out_channels=2, kernel=2, stride=1)],
                          (4, 3, 2)),
+    # stride 1: the input gradient is a convolution of the output gradient (padding k-1-p)
+    "conv2d_same": _net([Layer("c", "conv2d", (INPUT,), out_channels=3, kernel=3, padding=1)],
+                        (4, 5, 2)),
+    "conv2d_5x5": _net([Layer("c", "conv2d", (INPUT,), out_channels=2, kernel=5, padding=1)],
+                       (5, 4, 1)),
+    "conv2d_1x1": _net([Layer("c", "conv2d", (INPUT,), out_channels=3, kernel=1)], (3, 2, 2)),
+    # padding > kernel-1 falls back to the scatter-add
+    "conv2d_widepad": _net([Layer("c", "conv2d", (INPUT,), out_channels=2, kernel=2, padding=2)],
+                           (3, 3, 1)),
     "linear": _net([Layer("f", "flatten", (INPUT,)),
                     Layer("fc", "linear", ("f",), out_channels=4, bias=True)], (2, 3, 2)),
     "batchnorm": _net([Layer("bn", "batchnorm", (INPUT,))], (3, 3, 2)),
@@ -172,6 +186,127 @@ def test_col2im_is_the_adjoint_of_im2col(dtype, kernel, stride, pad):
                 patches[..., i, j]
     twin = xp[:, pad:pad + 5, pad:pad + 6, :]
     np.testing.assert_allclose(back, twin, rtol=1e-5, atol=1e-5)
+
+
+# ---- the training kernels (chunks of a batch, (i, j, c) patches) against numpy twins ----------
+
+def _hwc_patches_twin(x, kernel, stride, pad):
+    """(N*ho*wo, kernel*kernel*C) patches in (i, j, c) order, plain numpy."""
+    n, h, w, c = x.shape
+    ho = (h + 2 * pad - kernel) // stride + 1
+    wo = (w + 2 * pad - kernel) // stride + 1
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = np.empty((n, ho, wo, kernel, kernel, c), x.dtype)
+    for i in range(kernel):
+        for j in range(kernel):
+            out[:, :, :, i, j, :] = xp[:, i:i + stride * (ho - 1) + 1:stride,
+                                       j:j + stride * (wo - 1) + 1:stride, :]
+    return out.reshape(n * ho * wo, -1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel,stride,pad", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (1, 1, 0),
+                                               (5, 1, 2), (3, 2, 2)])
+def test_hwc_patches_and_their_adjoint_match_numpy_twins(dtype, kernel, stride, pad):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 6, 7, 3)).astype(dtype)
+    full = _hwc_patches_twin(x, kernel, stride, pad)
+    per_image = full.shape[0] // 5
+    b0, b1 = 1, 4                                   # a chunk in the middle of the batch
+    cols = np.full(((b1 - b0) * per_image, full.shape[1]), 9.0, dtype)
+    padded = np.full((b1 - b0, 6 + 2 * pad, 7 + 2 * pad, 3), 5.0, dtype)   # stale scratch
+    patches_hwc_into(x[b0:b1], kernel, stride, pad, padded, cols)
+    np.testing.assert_array_equal(cols, full[b0 * per_image:b1 * per_image])
+    # col2im: the adjoint, written into images b0..b1-1 only (others untouched)
+    c = rng.standard_normal(cols.shape).astype(dtype)
+    dx = np.full(x.shape, 7.0, dtype)
+    col2im_hwc_into(c, kernel, stride, pad, b0, b1, dx)
+    assert np.all(dx[:b0] == 7.0) and np.all(dx[b1:] == 7.0)
+    n_, h, w, ch = x.shape
+    ho = (h + 2 * pad - kernel) // stride + 1
+    wo = (w + 2 * pad - kernel) // stride + 1
+    twin = np.zeros((b1 - b0, h + 2 * pad, w + 2 * pad, ch))
+    patches = c.reshape(b1 - b0, ho, wo, kernel, kernel, ch).astype(np.float64)
+    for i in range(kernel):
+        for j in range(kernel):
+            twin[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :] += \
+                patches[:, :, :, i, j, :]
+    np.testing.assert_allclose(dx[b0:b1], twin[:, pad:pad + h, pad:pad + w, :], rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_hwc_patch_kernels_reject_bad_input():
+    x = np.zeros((2, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        patches_hwc_into(x, 3, 1, 1, np.zeros((2, 6, 6, 3), np.float32),
+                         np.zeros((32, 28), np.float32))
+    with pytest.raises(ValueError, match="outside a batch"):
+        col2im_hwc_into(np.zeros((32, 27), np.float32), 3, 1, 1, 1, 3, x)
+    with pytest.raises(TypeError):
+        col2im_hwc_into(np.zeros((16, 27)), 3, 1, 1, 0, 1, x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_kernels_match_numpy_twins(dtype):
+    rng = np.random.default_rng(4)
+    a = (3.0 + 2.0 * rng.standard_normal((50, 6))).astype(dtype)
+    g = rng.standard_normal((50, 6)).astype(dtype)
+    r0, r1 = 7, 41
+    sums = channel_sums_into(a, r0, r1, np.empty((2, 6)))
+    ref = a[r0:r1].astype(np.float64)
+    np.testing.assert_allclose(sums, [ref.sum(0), (ref * ref).sum(0)], rtol=1e-12)
+    scale, shift = rng.standard_normal(6), rng.standard_normal(6)
+    out = np.full_like(a, 5.0)
+    channel_affine_into(a, r0, r1, scale, shift, out)
+    np.testing.assert_allclose(out[r0:r1], a[r0:r1] * scale.astype(dtype) + shift.astype(dtype),
+                               rtol=1e-6)
+    assert np.all(out[:r0] == 5.0) and np.all(out[r1:] == 5.0)
+    mean, inv_std = rng.standard_normal(6), 1.0 + rng.random(6)
+    gs = batchnorm_grad_sums_into(g, a, mean, inv_std, r0, r1, np.empty((2, 6)))
+    xhat = (ref - mean) * inv_std
+    gr = g[r0:r1].astype(np.float64)
+    np.testing.assert_allclose(gs, [gr.sum(0), (gr * xhat).sum(0)], rtol=1e-6, atol=1e-9)
+    k = [rng.standard_normal(6) for _ in range(3)]
+    dx = np.zeros_like(a)
+    batchnorm_grad_input_into(g, a, mean, *k, r0, r1, dx)
+    np.testing.assert_allclose(dx[r0:r1], gr * k[0] - k[1] - (ref - mean) * k[2], rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError):
+        channel_sums_into(a, 0, 51, np.empty((2, 6)))
+
+
+def test_chunks_cover_the_range_in_pieces_that_fit():
+    assert chunks(10, 100, 300) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert chunks(3, 1000, 10) == [(0, 1), (1, 2), (2, 3)]       # at least one item each
+    assert chunks(0, 8, 64) == []
+
+
+def test_workers_run_every_chunk_once_and_raise_errors():
+    seen = []
+    workers = Workers(3)
+    try:
+        workers.run(lambda i, w: seen.append((i, w)), 20)
+        assert sorted(i for i, _ in seen) == list(range(20))
+        assert {w for _, w in seen} <= {0, 1, 2}
+
+        def boom(i, w):
+            if i == 5:
+                raise RuntimeError("chunk 5")
+        with pytest.raises(RuntimeError, match="chunk 5"):
+            workers.run(boom, 10)
+    finally:
+        workers.close()
+
+
+def test_training_numbers_do_not_depend_on_the_worker_count(monkeypatch):
+    """Small chunks (several per layer) on 1 and 3 workers: the same weights bit for bit."""
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 2048)
+    wl = load_workload("digits_cnn")
+    cfg = TrainConfig(epochs=1, batch_size=32, max_images=96, seed=1)
+    one, _ = train(wl.network, None, wl.dataset("train"), cfg, progress=False, workers=1)
+    three, _ = train(wl.network, None, wl.dataset("train"), cfg, progress=False, workers=3)
+    for k in one:
+        np.testing.assert_array_equal(one[k], three[k], err_msg=k)
 
 
 def test_col2im_rejects_bad_shapes():
@@ -346,3 +481,69 @@ def test_shipped_digits_weights_accuracy():
     wl = load_workload("digits_cnn")
     acc = evaluate_fp32(wl.network, wl.load_params(), wl.dataset("test"))
     assert acc >= 0.97
+
+
+# ---- checkpoint and resume -------------------------------------------------------------------
+
+def _digits_run(**overrides):
+    wl = load_workload("digits_cnn")
+    cfg = dict(epochs=2, batch_size=32, max_images=160, seed=4, lr=0.05)
+    cfg.update(overrides)
+    return wl.network, wl.dataset("train"), TrainConfig(**cfg)
+
+
+def test_resume_gives_the_uninterrupted_weights_bit_for_bit(tmp_path):
+    net, data, cfg = _digits_run()
+    whole, hist_whole = train(net, None, data, cfg, progress=False)
+    first, hist_first = train(net, None, data, cfg, progress=False, checkpoint=tmp_path / "ck",
+                              stop_after=1)
+    assert len(hist_first) == 1 and (tmp_path / "ck" / "checkpoint.npz").exists()
+    resumed, hist = train(net, None, data, cfg, progress=False, resume=tmp_path / "ck")
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    assert [h.loss for h in hist] == [h.loss for h in hist_whole]
+    # the checkpoint now holds epoch 2 and the momentum buffers of the last step
+    state, identity = load_checkpoint(tmp_path / "ck")
+    assert (state.epoch, state.step) == (2, 2 * (160 // 32))
+    assert identity["config"]["lr"] == 0.05 and identity["initial_weights"] == "scratch"
+    assert set(state.rngs) == {"init", "shuffle", "augment", "noise"}
+    assert np.abs(state.velocity["conv2.weight"]).max() > 0
+
+
+def test_a_run_killed_mid_epoch_loses_that_epoch_only(tmp_path, monkeypatch):
+    net, data, cfg = _digits_run()
+    whole, _ = train(net, None, data, cfg, progress=False)
+    calls = {"n": 0}
+    real = training.softmax_cross_entropy
+
+    def dies_in_epoch_2(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 7:                        # epoch 1 has 5 steps
+            raise KeyboardInterrupt
+        return real(logits, labels)
+    monkeypatch.setattr(training, "softmax_cross_entropy", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(net, None, data, cfg, progress=False, checkpoint=tmp_path / "ck")
+    monkeypatch.setattr(training, "softmax_cross_entropy", real)
+    assert load_checkpoint(tmp_path / "ck")[0].epoch == 1
+    assert not list((tmp_path / "ck").glob(".*.tmp"))
+    resumed, _ = train(net, None, data, cfg, progress=False, resume=tmp_path / "ck")
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+
+
+def test_resume_refuses_another_run(tmp_path):
+    net, data, cfg = _digits_run()
+    train(net, None, data, cfg, progress=False, checkpoint=tmp_path / "ck", stop_after=1)
+    with pytest.raises(TrainingError, match=r"noise_eta 0.0 \(checkpoint: 0.038\)"):
+        train(net, None, data, _digits_run(noise_eta=0.0)[2], progress=False,
+              resume=tmp_path / "ck")
+    with pytest.raises(TrainingError, match="training_images"):
+        train(net, None, data.subset(slice(0, 500)), cfg, progress=False, resume=tmp_path / "ck")
+    params = nw.init_params(net, np.random.default_rng(0))
+    with pytest.raises(TrainingError, match="initial_weights"):
+        train(net, params, data, cfg, progress=False, resume=tmp_path / "ck")
+    with pytest.raises(TrainingError, match="already there"):
+        train(net, None, data, cfg, progress=False, checkpoint=tmp_path / "ck")
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(net, None, data, cfg, progress=False, resume=tmp_path / "nothing")

@@ -265,3 +265,23 @@ def test_resnet32_fp32_accuracy_on_jpeg_test_set():
     correct = sum(int((predict(wl.network, params, x, batch_size=500) == y).sum())
                   for x, y in ds.batches(2000))
     assert correct == 8256
+
+
+def test_noise_trained_resnet32_workload(monkeypatch, tmp_path):
+    """Shipped by name, the akamaster license in its comment, weights looked up beside it (the
+    last place of the look-up order, so an empty $ARCHSIM_DATA does not hide them)."""
+    wl = load_workload("resnet32_cifar10_noise")
+    base = load_workload("resnet32_cifar10")
+    assert (wl.name, wl.spec.network, wl.spec.weights) == (
+        "resnet32_cifar10_noise", "resnet32_cifar10", "resnet32_cifar10_noise.npz")
+    assert wl.spec.dataset == base.spec.dataset
+    text = Path(wl.file).read_text()
+    assert "Copyright (c) 2018, Yerlan Idelbayev" in text and "DISCLAIMED" in text
+    shipped = Path(wl.file).parent / wl.spec.weights
+    if not shipped.exists():
+        pytest.skip("workloads/resnet32_cifar10_noise.npz is made by "
+                    "benchmarks/noise_finetune_resnet32.py --ship")
+    monkeypatch.setenv("ARCHSIM_DATA", str(tmp_path))
+    assert wl.find(wl.spec.weights) == shipped
+    params = wl.load_params()
+    assert params["layer3.4.conv2.weight"].shape == (64, 64, 3, 3)

@@ -64,7 +64,9 @@ class Pass:
     Training (``tape`` given): every layer records on the tape what its backward needs,
     ``batch_statistics`` makes BatchNorm normalize with the batch's own statistics and ``weights``
     replaces weight matrices by parameter name (noise injection); ``dtype`` (float32, or float64 for
-    gradient checks) is kept throughout."""
+    gradient checks) is kept throughout; ``workers`` (:class:`archsim.parallel.Workers`) runs the
+    chunks of a batch that convolutions and BatchNorm split their training work into (None: one
+    after the other in the calling thread, with the same numbers)."""
     params: Mapping[str, np.ndarray]
     workspace: Workspace = field(default_factory=Workspace)
     dtype: Any = np.float32
@@ -74,6 +76,15 @@ class Pass:
     tape: Tape | None = None
     batch_statistics: bool = False
     weights: Mapping[str, np.ndarray] | None = None
+    workers: Any = None
+
+    def run_chunks(self, fn: Callable[[int, int], None], count: int) -> None:
+        """``fn(chunk, worker)`` for every chunk index in ``range(count)`` (training)."""
+        if self.workers is None:
+            for i in range(count):
+                fn(i, 0)
+        else:
+            self.workers.run(fn, count)
 
     def param(self, layer: "Layer", role: str) -> np.ndarray:
         return np.asarray(self.params[layer.param(role)], self.dtype)

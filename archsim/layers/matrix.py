@@ -232,7 +232,15 @@ class Conv2d(MatrixLayer):
         return np.ascontiguousarray(im2col_general(a, self.kernel_shape, self.strides, self.pads,
                                                    self.dilations, ho, wo))
 
+    def _chunked(self, dtype) -> bool:
+        """Whether the training pass runs in chunks on the (i, j, c) patch kernels (a square,
+        ungrouped conv) rather than on whole-batch (c, i, j) patches."""
+        return self.groups == 1 and self.square is not None and \
+            np.dtype(dtype) in (np.float32, np.float64)
+
     def _forward_train(self, a, run):
+        if self._chunked(run.dtype):
+            return self._forward_train_chunked(a, run)
         ho, wo = self.out_hw(a.shape[1], a.shape[2])
         w2 = self._train_weight(run)                                     # (O, K/G)
         cols = self._train_cols(a, ho, wo, run.workspace)
@@ -248,7 +256,119 @@ class Conv2d(MatrixLayer):
         run.tape.saved[self.name] = (cols, w2, a.shape)
         return out
 
+    # ---- training in chunks of the batch (archsim.parallel) --------------------------------
+    # Neither pass keeps a whole batch's patch matrix: each chunk of images builds its patches in
+    # its worker's scratch (sized for a core's cache) and multiplies, and the backward pass builds
+    # patches again rather than reading 75 MB per layer back from memory. Weights are used in
+    # OHWI order, the (i, j, c) order of ops.patches_hwc_into. The input gradient of a stride-1
+    # conv is itself a convolution (of the output gradient, padded by kernel-1-padding, with the
+    # kernel flipped and in/out swapped): patches of g times the flipped weights, written straight
+    # into dx - no scatter-add - and the same patches of g give the weight gradient (their
+    # transpose times x, flipped), so that backward pass builds one patch matrix, not two.
+    # Strided convs and the input layer's conv use patches of x (and scatter-add the input
+    # gradient, kernels.col2im_hwc_into). Weight gradients are summed over chunks in chunk order.
+
+    def _chunk_parts(self, a_shape, g_hw, itemsize):
+        k = self.square[0]
+        n, h, w, c = a_shape
+        per_image = max(g_hw[0] * g_hw[1] * k * k * c, h * w * k * k * self.out_channels)
+        from ..parallel import chunks
+        return chunks(n, per_image * itemsize)
+
+    def _forward_train_chunked(self, a, run):
+        from .ops import patches_hwc_into
+        k, s, p = self.square
+        n, h, w, c = a.shape
+        ho, wo = self.out_hw(h, w)
+        dtype = np.dtype(run.dtype)
+        a = np.ascontiguousarray(a, dtype)
+        w_ohwi = self._train_weight_ohwi(run)                           # (O, K), (i, j, c)
+        kdim, m = w_ohwi.shape[1], ho * wo
+        parts = self._chunk_parts(a.shape, (ho, wo), dtype.itemsize)
+        out = run.workspace.get("out/" + self.name, (n * m, self.out_channels), dtype)
+        ws = run.workspace
+
+        def one(i, worker):
+            b0, b1 = parts[i]
+            cols = ws.get(f"train-cols/{worker}", ((b1 - b0) * m, kdim), dtype)
+            pad = ws.get(f"train-pad/{worker}", (b1 - b0, h + 2 * p, w + 2 * p, c), dtype)
+            patches_hwc_into(a[b0:b1], k, s, p, pad, cols)
+            np.matmul(cols, w_ohwi.T, out=out[b0 * m:b1 * m])
+
+        run.run_chunks(one, len(parts))
+        y = out.reshape(n, ho, wo, self.out_channels)
+        if self.bias:
+            y = y + run.param(self, "bias")
+        run.tape.saved[self.name] = ("chunked", a, w_ohwi, parts)
+        return y
+
+    def _train_weight_ohwi(self, run: Pass) -> np.ndarray:
+        """(O, kh*kw*C) weights of a training pass (noisy ones when given) in OHWI order."""
+        w = (run.weights or {}).get(self.param("weight"), run.params[self.param("weight")])
+        w = np.asarray(w, run.dtype)
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+
+    def _backward_chunked(self, g, saved, need, run):
+        from ..kernels import col2im_hwc_into
+        from .ops import patches_hwc_into
+        _, a, w_ohwi, parts = saved
+        k, s, p = self.square
+        n, h, w, c = a.shape
+        dtype = a.dtype
+        ho, wo = g.shape[1], g.shape[2]
+        m, kdim, o = ho * wo, w_ohwi.shape[1], self.out_channels
+        g4 = np.ascontiguousarray(g, dtype).reshape(n, ho, wo, o)
+        g2 = g4.reshape(n * m, o)
+        ws = run.workspace
+        dx = ws.get("dx/" + self.name, a.shape, dtype) if need[0] else None
+        # stride 1 with an input gradient: one patch matrix, of g, serves both gradients
+        as_conv = dx is not None and s == 1 and p <= k - 1
+        if as_conv:
+            q = k - 1 - p
+            w_flip = np.ascontiguousarray(w_ohwi.reshape(o, k, k, c)[:, ::-1, ::-1, :]
+                                          .transpose(1, 2, 0, 3)).reshape(k * k * o, c)
+            wparts = ws.get("train-wgrad-flip/" + self.name, (len(parts), k * k * o, c), dtype)
+            a2 = a.reshape(n * h * w, c)
+            dx2 = dx.reshape(n * h * w, c)
+        else:
+            wparts = ws.get("train-wgrad/" + self.name, (len(parts), kdim, o), dtype)
+
+        def one(i, worker):
+            b0, b1 = parts[i]
+            nb = b1 - b0
+            if as_conv:
+                # dx = patches(g) @ flipped weights; dW (flipped) = patches(g)^T @ x
+                gcols = ws.get(f"train-gcols/{worker}", (nb * h * w, k * k * o), dtype)
+                gpad = ws.get(f"train-gpad/{worker}", (nb, ho + 2 * q, wo + 2 * q, o), dtype)
+                patches_hwc_into(g4[b0:b1], k, 1, q, gpad, gcols)
+                rows = slice(b0 * h * w, b1 * h * w)
+                np.matmul(gcols, w_flip, out=dx2[rows])
+                np.matmul(gcols.T, a2[rows], out=wparts[i])
+                return
+            cols = ws.get(f"train-cols/{worker}", (nb * m, kdim), dtype)
+            pad = ws.get(f"train-pad/{worker}", (nb, h + 2 * p, w + 2 * p, c), dtype)
+            patches_hwc_into(a[b0:b1], k, s, p, pad, cols)
+            gi = g2[b0 * m:b1 * m]
+            np.matmul(cols.T, gi, out=wparts[i])
+            if dx is not None:
+                dcols = ws.get(f"train-dcols/{worker}", (nb * m, kdim), dtype)
+                np.matmul(gi, w_ohwi, out=dcols)
+                col2im_hwc_into(dcols, k, s, p, b0, b1, dx)
+
+        run.run_chunks(one, len(parts))
+        total = wparts.sum(axis=0)
+        if as_conv:       # ((i', j', o), C) with i' = k-1-i: flip back to OHWI
+            wgrad = total.reshape(k, k, o, c)[::-1, ::-1].transpose(2, 0, 1, 3)
+        else:
+            wgrad = total.T.reshape(o, k, k, c)                              # OHWI
+        grads = {"weight": np.ascontiguousarray(wgrad.transpose(0, 3, 1, 2))}
+        if self.bias:
+            grads["bias"] = g2.sum(axis=0)
+        return [dx], grads
+
     def backward(self, g, saved, need, run):
+        if isinstance(saved[0], str):
+            return self._backward_chunked(g, saved, need, run)
         cols, w2, in_shape = saved
         g2 = g.reshape(-1, w2.shape[0])                                   # (P, O)
         wshape = (self.out_channels, in_shape[3] // self.groups) + self.kernel_shape

@@ -41,6 +41,8 @@ class BatchNorm(Layer):
         dtype = run.dtype
         gamma = run.param(self, "weight")
         beta = run.param(self, "bias")
+        if run.batch_statistics and np.dtype(dtype) in (np.float32, np.float64):
+            return self._forward_batch_stats(a, gamma, beta, run)
         axes = tuple(range(a.ndim - 1))
         if run.batch_statistics:
             count = a.size // a.shape[-1]
@@ -55,7 +57,60 @@ class BatchNorm(Layer):
         run.tape.saved[self.name] = (xhat, inv_std, gamma, run.batch_statistics)
         return xhat * gamma + beta
 
+    # ---- train mode in two passes over memory each way (fused kernels, chunks of rows) ---------
+    # Forward: per-channel sums (float64) -> mean and variance -> one affine pass. The tape keeps
+    # the input, not a normalized copy. Backward: the sums of g and g * xhat -> one pass for dx.
+
+    @staticmethod
+    def _row_chunks(a2):
+        from ..parallel import chunks
+        return chunks(a2.shape[0], a2.shape[1] * a2.dtype.itemsize)
+
+    def _forward_batch_stats(self, a, gamma, beta, run):
+        from ..kernels import channel_affine_into, channel_sums_into
+        dtype = np.dtype(run.dtype)
+        c = a.shape[-1]
+        a2 = np.ascontiguousarray(a, dtype).reshape(-1, c)
+        count = a2.shape[0]
+        parts = self._row_chunks(a2)
+        sums = run.workspace.get("bn-sums/" + self.name, (len(parts), 2, c), np.float64)
+        run.run_chunks(lambda i, w: channel_sums_into(a2, *parts[i], sums[i]), len(parts))
+        total = sums.sum(axis=0)
+        mean = total[0] / count
+        var = np.maximum(total[1] / count - mean * mean, 0.0)
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        scale = gamma * inv_std.astype(dtype)
+        shift = beta - mean.astype(dtype) * scale
+        out = run.workspace.get("bn-out/" + self.name, a2.shape, dtype)
+        run.run_chunks(lambda i, w: channel_affine_into(a2, *parts[i], scale, shift, out),
+                       len(parts))
+        run.tape.batch_stats[self.name] = (mean.astype(dtype),
+                                           (var * count / max(count - 1, 1)).astype(dtype))
+        run.tape.saved[self.name] = ("batch", a2, mean, inv_std, gamma, a.shape)
+        return out.reshape(a.shape)
+
+    def _backward_batch_stats(self, g, saved, run):
+        from ..kernels import batchnorm_grad_input_into, batchnorm_grad_sums_into
+        _, a2, mean, inv_std, gamma, shape = saved
+        count, c = a2.shape
+        g2 = np.ascontiguousarray(g, a2.dtype).reshape(count, c)
+        parts = self._row_chunks(a2)
+        sums = run.workspace.get("bn-gsums/" + self.name, (len(parts), 2, c), np.float64)
+        run.run_chunks(lambda i, w: batchnorm_grad_sums_into(g2, a2, mean, inv_std, *parts[i],
+                                                             sums[i]), len(parts))
+        sum_g, sum_gx = sums.sum(axis=0)
+        k_g = gamma * inv_std
+        k_0 = k_g * sum_g / count
+        k_x = k_g * inv_std * sum_gx / count
+        dx = run.workspace.get("bn-dx/" + self.name, a2.shape, a2.dtype)
+        run.run_chunks(lambda i, w: batchnorm_grad_input_into(g2, a2, mean, k_g, k_0, k_x,
+                                                              *parts[i], dx), len(parts))
+        grads = {"bias": sum_g.astype(a2.dtype), "weight": sum_gx.astype(a2.dtype)}
+        return [dx.reshape(shape)], grads
+
     def backward(self, g, saved, need, run):
+        if isinstance(saved[0], str):
+            return self._backward_batch_stats(g, saved, run)
         xhat, inv_std, gamma, train = saved
         axes = tuple(range(g.ndim - 1))
         grads = {"bias": g.sum(axis=axes), "weight": (g * xhat).sum(axis=axes)}
@@ -118,6 +173,42 @@ class Relu(Elementwise):
 
     def grad(self, a, out):
         return out > 0
+
+    # training: the output and the input gradient go into per-layer scratch (a fresh 8 MB array
+    # per stage-1 ResNet layer and step costs more in page faults than the max itself), in chunks
+    # on the pass's workers (numpy releases the GIL for each)
+    def forward(self, xs, run):
+        if run.tape is None:
+            return self.fn(xs[0])
+        a = np.ascontiguousarray(xs[0])
+        out = run.workspace.get("relu-out/" + self.name, a.shape, a.dtype)
+        a1, out1 = a.reshape(-1), out.reshape(-1)
+        parts = _element_chunks(a1)
+        run.run_chunks(lambda i, w: np.maximum(a1[parts[i]], 0, out=out1[parts[i]]), len(parts))
+        run.tape.saved[self.name] = (out,)
+        return out
+
+    def backward(self, g, saved, need, run):
+        out = saved[0]
+        g1 = np.ascontiguousarray(g, out.dtype).reshape(-1)
+        out1 = out.reshape(-1)
+        mask = run.workspace.get("relu-mask/" + self.name, out1.shape, np.bool_)
+        dx = run.workspace.get("relu-dx/" + self.name, out.shape, out.dtype)
+        dx1 = dx.reshape(-1)
+        parts = _element_chunks(out1)
+
+        def one(i, worker):
+            sl = parts[i]
+            np.greater(out1[sl], 0, out=mask[sl])
+            np.multiply(g1[sl], mask[sl], out=dx1[sl])
+
+        run.run_chunks(one, len(parts))
+        return [dx], {}
+
+
+def _element_chunks(a1: np.ndarray) -> list[slice]:
+    from ..parallel import chunks
+    return [slice(b0, b1) for b0, b1 in chunks(a1.size, a1.itemsize)]
 
 
 @dataclass(frozen=True)

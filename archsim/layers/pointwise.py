@@ -9,7 +9,6 @@ from typing import ClassVar
 import numpy as np
 
 from .base import Layer, ParamSpec
-from .ops import batchnorm_affine
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class BatchNorm(Layer):
         if run.tape is None:
             if run.batchnorm is not None:
                 return run.batchnorm(self, a)
-            scale, offset = batchnorm_affine(run.params, self.name, self.eps)
+            scale, offset = run.batchnorm_affine(self)
             return a * scale + offset
         dtype = run.dtype
         gamma = run.param(self, "weight")
@@ -54,6 +53,9 @@ class BatchNorm(Layer):
         xhat = (a - mean) * inv_std
         run.tape.saved[self.name] = (xhat, inv_std, gamma, run.batch_statistics)
         return xhat * gamma + beta
+
+    def epilogue_part(self, producer):
+        return {"batchnorm": self}
 
     def backward(self, g, saved, need, run):
         xhat, inv_std, gamma, train = saved
@@ -116,6 +118,9 @@ class Relu(Elementwise):
     def fn(self, a):
         return np.maximum(a, 0)
 
+    def epilogue_part(self, producer):
+        return {"clamp": (0.0, math.inf)}
+
     def grad(self, a, out):
         return out > 0
 
@@ -135,6 +140,9 @@ class Clip(Elementwise):
 
     def fn(self, a):
         return np.clip(a, a.dtype.type(self.min), a.dtype.type(self.max))
+
+    def epilogue_part(self, producer):
+        return {"clamp": (self.min, self.max)}
 
     def grad(self, a, out):
         return (a > self.min) & (a < self.max)

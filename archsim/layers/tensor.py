@@ -100,6 +100,11 @@ class Add(Binary):
         a, b = self._operands(xs, run)
         return a + b
 
+    def epilogue_part(self, producer):
+        if self.constant_shape is not None or self.inputs[0] == self.inputs[1]:
+            return None
+        return {"residual": self.inputs[1] if self.inputs[0] == producer else self.inputs[0]}
+
     def backward(self, g, saved, need, run):
         return ([g] if self.constant_shape is not None else [g, g]), {}
 

@@ -133,23 +133,45 @@ def _run_offsets(geom, runs):
 
 
 @njit(**_FAST, inline="always")
-def _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base):
+def _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw):
     """One patch row at of[base:]: run r copies channels [c0, c1) of the pixel at its tap's
-    offset from the window's top-left corner (y0, x0) of image b. Unsigned indices: numba adds
-    no negative-index wraparound, so the copies vectorize (5x)."""
+    offset from the window's top-left corner (y0, x0) of image b to of[base + d:]; a run of m > 1
+    taps (all channels, neighbouring pixels of one input row when dw == 1) copies m C values at
+    once where the whole stretch lies inside the input. Unsigned indices: numba adds no
+    negative-index wraparound, so the copies vectorize (5x)."""
     for r in range(runs.shape[0]):
         c0 = runs[r, 1]
         n = np.uint64(runs[r, 2] - c0)
         d = base + np.uint64(runs[r, 3])
+        m = runs[r, 4]
         y = y0 + offsets[r, 0]
         xx = x0 + offsets[r, 1]
-        if y < 0 or y >= h or xx < 0 or xx >= w:
-            for i in range(n):
+        if m == 1:
+            if y < 0 or y >= h or xx < 0 or xx >= w:
+                for i in range(n):
+                    of[d + i] = 0.0
+            else:
+                src = np.uint64(((b * h + y) * w + xx) * c + c0)
+                for i in range(n):
+                    of[d + i] = xf[src + i]
+        elif y < 0 or y >= h:
+            for i in range(n * np.uint64(m)):
                 of[d + i] = 0.0
-        else:
-            src = np.uint64(((b * h + y) * w + xx) * c + c0)
-            for i in range(n):
+        elif xx >= 0 and xx + m - 1 < w:
+            src = np.uint64(((b * h + y) * w + xx) * c)
+            for i in range(n * np.uint64(m)):
                 of[d + i] = xf[src + i]
+        else:
+            for j in range(m):
+                xj = xx + j * dw
+                dj = d + np.uint64(j) * n
+                if xj < 0 or xj >= w:
+                    for i in range(n):
+                        of[dj + i] = 0.0
+                else:
+                    src = np.uint64(((b * h + y) * w + xj) * c + c0)
+                    for i in range(n):
+                        of[dj + i] = xf[src + i]
 
 
 @njit(**_FAST)
@@ -165,7 +187,7 @@ def _patches_kernel(x, geom, row0, row1, runs, out):
     ox = row0 - b * ho * wo - oy * wo
     for row in range(row0, row1):
         _patch_row_runs(xf, h, w, c, b, oy * sh - pt, ox * sw - pl, offsets, runs, of,
-                   np.uint64((row - row0) * k))
+                        np.uint64((row - row0) * k), geom[7])
         ox += 1
         if ox == wo:
             ox = 0
@@ -216,7 +238,8 @@ def _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels, out, absmax):
     for row in range(row0, row1):
         p = row - row0
         base = np.uint64(p * k)
-        _patch_row_runs(xf, h, w, c, b, oy * sh - pt, ox * sw - pl, offsets, runs, of, base)
+        _patch_row_runs(xf, h, w, c, b, oy * sh - pt, ox * sw - pl, offsets, runs, of, base,
+                        geom[7])
         _dac_row_flat(of, oi, base, bounds, levels, absmax, p)   # in cache: the DAC, in place
         ox += 1
         if ox == wo:
@@ -236,11 +259,13 @@ def conv_geometry(kernel: tuple[int, int], strides: tuple[int, int], pads: tuple
 
 
 @njit(**_FAST)
-def _runs_fit(runs, channels, taps, k):
+def _runs_fit(runs, channels, kw, taps, k):
     for r in range(runs.shape[0]):
-        if (runs[r, 0] < 0 or runs[r, 0] >= taps or runs[r, 1] < 0 or runs[r, 2] > channels
-                or runs[r, 1] > runs[r, 2] or runs[r, 3] < 0
-                or runs[r, 3] + runs[r, 2] - runs[r, 1] > k):
+        t, c0, c1, d, m = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
+        if (t < 0 or m < 1 or t + m > taps or c0 < 0 or c1 > channels or c0 > c1 or d < 0
+                or d + m * (c1 - c0) > k):
+            return False
+        if m > 1 and (c0 != 0 or c1 != channels or t // kw != (t + m - 1) // kw):
             return False
     return True
 
@@ -256,20 +281,23 @@ def _check_patches(x, geom, row0, row1, runs, out, name):
     if out.ndim != 2 or out.shape[0] < row1 - row0 or not out.flags.c_contiguous:
         raise ValueError(f"{name}: out must be C-contiguous with at least {row1 - row0} rows, "
                          f"got {out.shape}")
-    if (runs.dtype != np.int64 or runs.ndim != 2 or runs.shape[1] != 4
-            or not _runs_fit(runs, x.shape[3], int(geom[0] * geom[1]), out.shape[1])):
-        raise ValueError(f"{name}: runs must be int64 (R, 4) inside the input channels, the "
-                         f"kernel taps and the {out.shape[1]} patch columns")
+    if (runs.dtype != np.int64 or runs.ndim != 2 or runs.shape[1] != 5
+            or not _runs_fit(runs, x.shape[3], int(geom[1]), int(geom[0] * geom[1]),
+                             out.shape[1])):
+        raise ValueError(f"{name}: runs must be int64 (R, 5) inside the input channels, the "
+                         f"kernel taps (one kernel row per run of taps, all channels) and the "
+                         f"{out.shape[1]} patch columns")
 
 
 def patches_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs: np.ndarray,
                  out: np.ndarray) -> np.ndarray:
     """Patch rows [row0, row1) of an NHWC float32 batch (rows are (image, oy, ox) flattened) into
-    ``out[:row1 - row0]``, laid out by ``runs`` (R, 4): run (t, c0, c1, d) copies channels
-    [c0, c1) of kernel tap t (row-major over the kernel) to columns [d, d + c1 - c0); taps off the
-    input read 0. With one run per tap (t, 0, C, t C) the row is tap-major: C contiguous values per
-    tap, copied as whole vectors (the (c, i, j) order of :func:`im2col_into` scatters every value).
-    Any kernel, strides, pads and dilations (``geom`` from :func:`conv_geometry`)."""
+    ``out[:row1 - row0]``, laid out by ``runs`` (R, 5): run (t, c0, c1, d, m) copies channels
+    [c0, c1) of kernel taps t .. t + m - 1 (row-major over the kernel; m > 1: all channels, one
+    kernel row) to columns [d, d + m (c1 - c0)); taps off the input read 0. With runs (i kw, 0, C,
+    i kw C, kw) the row is tap-major: each kernel row's kw C values one contiguous copy (the (c, i,
+    j) order of :func:`im2col_into` scatters every value). Any kernel, strides, pads and
+    dilations (``geom`` from :func:`conv_geometry`)."""
     _check_patches(x, geom, row0, row1, runs, out, "patches_into")
     return _patches_kernel(x, geom, row0, row1, runs, out)
 
@@ -329,38 +357,27 @@ def dac_quantize_into(x: np.ndarray, bounds: np.ndarray, bits: int | None, xq: n
 
 @njit(**_FAST)
 def _epilogue_kernel(y, bias, scale, offset, residual, lo, hi, use_bias, use_affine,
-                     use_residual, out):
+                     use_residual):
+    """In place on ``y`` (one array read and written at the same index: the loop vectorizes; an
+    output array that might overlap the input would keep it scalar)."""
     rows, cols = y.shape
+    yf = y.ravel()
+    rf = residual.ravel()
+    nc = np.uint64(cols)
     for p in range(rows):
-        yr = y[p]
-        orow = out[p]
-        if use_residual:
-            rr = residual[p]
-            for n in range(cols):
-                v = yr[n]
-                if use_bias:
-                    v = v + bias[n]
-                if use_affine:
-                    v = v * scale[n] + offset[n]
-                v = v + rr[n]
-                if v < lo:
-                    v = lo
-                if v > hi:
-                    v = hi
-                orow[n] = v
-        else:
-            for n in range(cols):
-                v = yr[n]
-                if use_bias:
-                    v = v + bias[n]
-                if use_affine:
-                    v = v * scale[n] + offset[n]
-                if v < lo:
-                    v = lo
-                if v > hi:
-                    v = hi
-                orow[n] = v
-    return out
+        base = np.uint64(p) * nc
+        for n in range(nc):
+            v = yf[base + n]
+            if use_bias:
+                v = v + bias[n]
+            if use_affine:
+                v = v * scale[n] + offset[n]
+            if use_residual:
+                v = v + rf[base + n]
+            v = lo if v < lo else v
+            v = hi if v > hi else v
+            yf[base + n] = v
+    return y
 
 
 _NONE_F32 = np.zeros(1, np.float32)
@@ -374,8 +391,10 @@ def epilogue_into(y: np.ndarray, out: np.ndarray, *, bias: np.ndarray | None = N
     ``((y + bias) * scale + offset) + residual``, then clamped to ``clamp`` (lo, hi) - each part
     optional, every operation float32 in exactly this order (the same bits as the layers run one
     by one: conv bias, BatchNorm, Add, ReLU/Clip). ``out`` may be ``y``."""
-    if y.dtype != np.float32 or out.dtype != np.float32 or y.ndim != 2 or out.shape != y.shape:
-        raise ValueError(f"epilogue_into: float32 (P, N) arrays of one shape expected, got "
+    if (y.dtype != np.float32 or out.dtype != np.float32 or y.ndim != 2 or out.shape != y.shape
+            or not out.flags.c_contiguous):
+        raise ValueError(f"epilogue_into: float32 (P, N) arrays of one shape expected (out "
+                         f"C-contiguous), got "
                          f"{y.dtype} {y.shape} and {out.dtype} {out.shape}")
     n = y.shape[1]
     vecs = []
@@ -387,11 +406,15 @@ def epilogue_into(y: np.ndarray, out: np.ndarray, *, bias: np.ndarray | None = N
         raise ValueError("epilogue_into: scale and offset go together")
     if residual is not None and (residual.dtype != np.float32 or residual.shape != y.shape):
         raise ValueError("epilogue_into: residual must be float32 shaped like y")
+    if residual is not None and not residual.flags.c_contiguous:
+        raise ValueError("epilogue_into: residual must be C-contiguous")
+    if out is not y:
+        np.copyto(out, y)
     lo, hi = (-np.inf, np.inf) if clamp is None else clamp
-    return _epilogue_kernel(y, vecs[0], vecs[1], vecs[2],
+    return _epilogue_kernel(out, vecs[0], vecs[1], vecs[2],
                             _NONE_2D if residual is None else residual, np.float32(lo),
                             np.float32(hi), bias is not None, scale is not None,
-                            residual is not None, out)
+                            residual is not None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -433,8 +456,6 @@ _A = (3.3871327179, 50.434271938, 159.29113202, 59.109374720)
 _B = (17.895169469, 78.757757664, 67.187563600)
 _C = (1.4234372777, 2.7568153900, 1.3067284816, 0.17023821103)
 _D = (0.73700164250, 0.12021132975)
-_E = (6.6579051150, 3.0812263860, 0.42868294337, 0.017337203997)
-_F = (0.24197894225, 0.012258202635)
 _f32 = np.float32
 
 
@@ -463,23 +484,20 @@ def _log_f32(x):
 def _normal_of_word(w):
     """A 32-bit word -> N(0, 1) float32: the low 31 bits m give p = (m + 1/2) / 2^32 in (0, 1/2)
     and z = PPND7(p) = Phi^-1(p) < 0, negated when the top bit is set. |z| <= 6.34 (a normal
-    goes beyond 2.3e-10 of the time). Both branches of PPND7 are computed and one selected (no
-    branch: the loop vectorizes)."""
+    goes beyond 2.3e-10 of the time). PPND7's central and near-tail rational functions are both
+    evaluated and the numerator and denominator of one selected (one division, no branch: the
+    loop vectorizes); its far tail (p < 1e-11) is below the smallest p of 31 bits."""
     m = np.int32(w & np.uint64(0x7FFFFFFF))
     p = (_f32(m) + _f32(0.5)) * _f32(2.0 ** -32)
     q = p - _f32(0.5)
     r = _f32(0.180625) - q * q
-    central = q * (((_f32(_A[3]) * r + _f32(_A[2])) * r + _f32(_A[1])) * r + _f32(_A[0])) / \
-        (((_f32(_B[2]) * r + _f32(_B[1])) * r + _f32(_B[0])) * r + _f32(1.0))
-    s = np.sqrt(-_log_f32(p))
-    s1 = s - _f32(1.6)
-    near = (((_f32(_C[3]) * s1 + _f32(_C[2])) * s1 + _f32(_C[1])) * s1 + _f32(_C[0])) / \
-        ((_f32(_D[1]) * s1 + _f32(_D[0])) * s1 + _f32(1.0))
-    s2 = s - _f32(5.0)
-    far = (((_f32(_E[3]) * s2 + _f32(_E[2])) * s2 + _f32(_E[1])) * s2 + _f32(_E[0])) / \
-        ((_f32(_F[1]) * s2 + _f32(_F[0])) * s2 + _f32(1.0))
-    tail = -(near if s <= _f32(5.0) else far)
-    z = central if q >= _f32(-0.425) else tail
+    num_c = q * (((_f32(_A[3]) * r + _f32(_A[2])) * r + _f32(_A[1])) * r + _f32(_A[0]))
+    den_c = ((_f32(_B[2]) * r + _f32(_B[1])) * r + _f32(_B[0])) * r + _f32(1.0)
+    s = np.sqrt(-_log_f32(p)) - _f32(1.6)
+    num_t = -((((_f32(_C[3]) * s + _f32(_C[2])) * s + _f32(_C[1])) * s + _f32(_C[0])))
+    den_t = (_f32(_D[1]) * s + _f32(_D[0])) * s + _f32(1.0)
+    central = q >= _f32(-0.425)
+    z = (num_c if central else num_t) / (den_c if central else den_t)
     return -z if (w >> np.uint64(31)) else z
 
 
@@ -573,45 +591,44 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
     of = out.ravel()
     rf = residual.ravel()
     nc = np.uint64(ncols)
-    clipped = 0
-    zero = 0
-    for p in range(rows):
-        for n in range(nc):
-            acc[n] = 0.0
-        for b in range(nb):
-            c0 = np.uint64(cranges[b, 0])
-            width = np.uint64(cranges[b, 1] - cranges[b, 0])
+    # per-column counters: the inner loops carry no horizontal reduction
+    clip_n = np.zeros(wb, np.int32)
+    zero_n = np.zeros(wb, np.int32)
+    for i in range(np.uint64(rows) * nc):
+        acc[i] = 0.0
+    for b in range(nb):
+        c0 = np.uint64(cranges[b, 0])
+        width = np.uint64(cranges[b, 1] - cranges[b, 0])
+        cb = np.uint64(b * ncols) + c0
+        for p in range(rows):
             yb = np.uint64((b * rows + p) * wb)
             nz = np.uint64((p * nb + b) * w4 * 4)
-            cb = np.uint64(b * ncols) + c0
+            ab = np.uint64(p) * nc + c0
             am = absmax[p, b]
             for j in range(width):
                 v = yf[yb + j] * in_scale
                 if sigma > 0.0:
                     v = v + sigma * noise[nz + j]
-                if v > bound:
-                    v = bound
-                    clipped += 1
-                elif v < -bound:
-                    v = -bound
-                    clipped += 1
+                over = v > bound
+                under = v < -bound
+                v = bound if over else v
+                v = -bound if under else v
+                clip_n[j] += np.int32(over or under)
                 if levels > 0:
                     v = np.rint(v * inv_step) * step
-                if v == 0.0:
-                    zero += 1
-                acc[c0 + j] += v * am * cf[cb + j]
+                zero_n[j] += np.int32(v == 0.0)
+                acc[ab + j] += v * am * cf[cb + j]
+    for p in range(rows):
         ob = np.uint64(p) * nc
         for n in range(nc):
-            v = acc[n] + offset[n]
+            v = acc[ob + n] + offset[n]
             if use_residual:
                 v = v + rf[ob + n]
-            if v < lo:
-                v = lo
-            if v > hi:
-                v = hi
+            v = lo if v < lo else v
+            v = hi if v > hi else v
             of[ob + n] = v
-    counts[0] += clipped
-    counts[1] += zero
+    counts[0] += clip_n.sum()
+    counts[1] += zero_n.sum()
     return out
 
 
@@ -665,9 +682,9 @@ def adc_rows_into(y: np.ndarray, col_ranges: np.ndarray, absmax: np.ndarray,
         raise ValueError("adc_rows_into: noise_sigma and row_start must be >= 0")
     size = rows * nb * ((wb + 3) // 4) * 4 if noise_sigma > 0 else 4
     if scratch is None:
-        noise, acc = np.empty(size, np.float32), np.empty(ncols, np.float32)
+        noise, acc = np.empty(size, np.float32), np.empty(rows * ncols, np.float32)
     else:
-        noise, acc = scratch("adc.noise", (size,)), scratch("adc.acc", (ncols,))
+        noise, acc = scratch("adc.noise", (size,)), scratch("adc.acc", (rows * ncols,))
     k0, k1 = key_words(key)
     lo, hi = (-np.inf, np.inf) if clamp is None else clamp
     return _adc_rows_kernel(y, col_ranges, absmax, colscale, offset,

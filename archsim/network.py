@@ -295,33 +295,47 @@ def run_steps(net: Network, x: np.ndarray, steps: tuple[Step, ...], run: Pass, *
 
 
 # images per chunk of an inference pass: about this many MACs, so that the per-layer Python work
-# is small beside the arithmetic and a chunk's activations stay in cache
+# is small beside the arithmetic and a chunk's activations stay in cache; the chunk count is a
+# multiple of CHUNK_MULTIPLE (near-equal chunks), so that 1, 2 or 4 threads get equal shares.
+# Neither depends on the thread count: the chunks, and so the numbers, are the same on any.
 CHUNK_MACS = 1_000_000_000
+CHUNK_MULTIPLE = 4
 
 
-def chunk_images(net: Network, batch: int) -> int:
-    return max(1, min(batch, CHUNK_MACS // max(1, net.total_macs())))
+def chunk_bounds(net: Network, batch: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    """[first, end) images of each chunk of a batch (``chunk``: images per chunk, else about
+    CHUNK_MACS each, the count rounded up to a multiple of CHUNK_MULTIPLE)."""
+    if batch == 0:
+        return [(0, 0)]
+    if chunk is not None:
+        size = max(1, int(chunk))
+        return [(i, min(batch, i + size)) for i in range(0, batch, size)]
+    per = max(1, CHUNK_MACS // max(1, net.total_macs()))
+    count = -(-batch // per)
+    count = min(batch, -(-count // CHUNK_MULTIPLE) * CHUNK_MULTIPLE)
+    edges = np.linspace(0, batch, count + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def infer(net: Network, x: np.ndarray, make_pass: Callable[[int, Workspace], Pass], *,
           keep: Callable[[str], bool] | None = None, batchnorm_fusion: bool = True,
           chunk: int | None = None, workspace: Workspace | None = None
           ) -> np.ndarray | dict[str, np.ndarray]:
-    """An inference pass over the batch ``x``: split into chunks of ``chunk`` images (default
-    :func:`chunk_images`; the split depends on the batch and the chunk size only), each walked
+    """An inference pass over the batch ``x``: split into chunks (:func:`chunk_bounds`: they
+    depend on the batch and the chunk size only), each walked
     through the fused steps of :func:`fusion_plan` with ``make_pass(first image, workspace)``, on
     the worker threads of :mod:`archsim.threads`. The results are the same on any number of
     threads."""
     x = np.asarray(x, dtype=np.float32)
     n = x.shape[0]
     steps = fusion_plan(net, batchnorm=batchnorm_fusion, keep=keep)
-    size = chunk_images(net, n) if chunk is None else max(1, int(chunk))
-    count = max(1, -(-n // size))
+    bounds = chunk_bounds(net, n, chunk)
+    count = len(bounds)
     ws = workspace if workspace is not None else Workspace()
     parts: list = [None] * count
 
     def task(i: int, slot: int) -> None:
-        i0, i1 = i * size, min(n, (i + 1) * size)
+        i0, i1 = bounds[i]
         parts[i] = run_steps(net, x[i0:i1], steps, make_pass(i0, ws.worker(slot)), keep=keep)
 
     with threads.inference_threads():

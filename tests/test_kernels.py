@@ -112,7 +112,8 @@ def test_patches_are_im2col_in_the_layout_order(kernel, stride, pads, dilation, 
     x = rng.standard_normal((3, 7, 6, 4)).astype(np.float32)
     x[0] = 0.0                                          # all-zero patches: abs-max 0
     taps = kernel[0] * kernel[1]
-    layout = PatchLayout(4, taps, groups, bounds)
+    layout = PatchLayout(4, taps, groups, bounds, kernel[1] if dilation[1] == 1 else 1)
+    assert (layout.runs[:, 4] > 1).any() == (groups == 1 and bounds is None and dilation[1] == 1)
     ho = (7 + pads[0] + pads[2] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (6 + pads[1] + pads[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
     geom = kernels.conv_geometry(kernel, stride, pads, dilation, ho, wo)
@@ -138,7 +139,7 @@ def test_patches_are_im2col_in_the_layout_order(kernel, stride, pads, dilation, 
     with pytest.raises(ValueError):
         kernels.patches_into(x, geom, 0, rows + 1, layout.runs, got)
     with pytest.raises(ValueError):
-        kernels.patches_into(x, geom, 0, rows, layout.runs + [0, 0, 0, 1], got)
+        kernels.patches_into(x, geom, 0, rows, layout.runs + [0, 0, 0, 1, 0], got)
 
 
 def test_epilogue_is_the_layers_one_by_one():

@@ -279,7 +279,8 @@ class Conv2d(MatrixLayer):
         channels contiguous; ``row_bounds``: the natural-order row blocks kept contiguous)."""
         return patch_layout(in_channels, self.kernel_shape[0] * self.kernel_shape[1], self.groups,
                             None if row_bounds is None else
-                            tuple((int(a), int(b)) for a, b in row_bounds))
+                            tuple((int(a), int(b)) for a, b in row_bounds),
+                            self.kernel_shape[1] if self.dilations[1] == 1 else 1)
 
     def geometry(self, in_shape) -> np.ndarray:
         from ..kernels import conv_geometry

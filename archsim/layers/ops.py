@@ -84,9 +84,10 @@ def batchnorm_affine(params: Mapping[str, np.ndarray], name: str, eps: float,
 
 @functools.lru_cache(maxsize=1024)
 def patch_layout(channels: int, taps: int, groups: int = 1,
-                 row_bounds: tuple[tuple[int, int], ...] | None = None) -> "PatchLayout":
+                 row_bounds: tuple[tuple[int, int], ...] | None = None,
+                 kernel_width: int = 1) -> "PatchLayout":
     """The (cached) :class:`PatchLayout` of a conv input; ``row_bounds`` a tuple of pairs."""
-    return PatchLayout(channels, taps, groups, row_bounds)
+    return PatchLayout(channels, taps, groups, row_bounds, kernel_width)
 
 
 class PatchLayout:
@@ -100,13 +101,17 @@ class PatchLayout:
     (3-5x faster), and every row block (and, in it, every group) keeps its own set of values in
     one contiguous range - the arrays hold the same weights in their rows, in another order.
 
-    - ``runs`` (R, 4) int64: (tap, first channel, end channel, first column) per copy;
+    - ``runs`` (R, 5) int64: (tap, first channel, end channel, first column, taps) per copy:
+      ``taps`` > 1 when the run covers that many neighbouring taps of one kernel row with all
+      the channels (``kernel_width``: taps per kernel row), one contiguous stretch of an NHWC
+      input row copied at once;
     - ``order`` (K,): the natural index c * taps + t of each column (weights: ``w[order]``);
     - ``bounds`` (B, 2): the row blocks as column ranges of this layout;
     - ``group_rows`` (B, G, 2): per row block, the column range of each group in it (empty
       ranges for the groups it does not hold)."""
 
-    def __init__(self, channels: int, taps: int, groups: int = 1, row_bounds=None):
+    def __init__(self, channels: int, taps: int, groups: int = 1, row_bounds=None,
+                 kernel_width: int = 1):
         k = channels * taps
         cg = channels // groups
         row_bounds = [(0, k)] if row_bounds is None else [tuple(map(int, b)) for b in row_bounds]
@@ -122,15 +127,24 @@ class PatchLayout:
                     c_lo = max(g * cg, -((t - r0) // taps))
                     c_hi = min((g + 1) * cg, (r1 - 1 - t) // taps + 1) if r1 - 1 - t >= 0 else 0
                     if c_hi > c_lo:
-                        runs.append((t, c_lo, c_hi, pos))
+                        last = runs[-1] if runs and runs[-1][3] + runs[-1][4] * (
+                            runs[-1][2] - runs[-1][1]) == pos else None
+                        if (last is not None and c_lo == 0 and c_hi == channels
+                                and last[1] == 0 and last[2] == channels
+                                and t == last[0] + last[4] and t // kernel_width
+                                == last[0] // kernel_width):
+                            runs[-1] = last[:4] + (last[4] + 1,)
+                        else:
+                            runs.append((t, c_lo, c_hi, pos, 1))
                         order.extend(c * taps + t for c in range(c_lo, c_hi))
                         pos += c_hi - c_lo
                 group_rows[bi, g] = (g_start, pos)
             bounds.append((start, pos))
         if pos != k or sorted(order) != list(range(k)):
             raise ValueError(f"row bounds {row_bounds} do not partition the {k} patch values")
-        self.runs = np.array(runs, np.int64).reshape(-1, 4)
+        self.runs = np.array(runs, np.int64).reshape(-1, 5)
         self.order = np.array(order, np.int64)
         self.bounds = np.array(bounds, np.int64).reshape(-1, 2)
         self.group_rows = group_rows
         self.identity = bool(np.array_equal(self.order, np.arange(k)))
+

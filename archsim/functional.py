@@ -47,7 +47,7 @@ from . import kernels, threads
 from .datasets import Dataset
 from .errors import ConfigError
 from .layers import Epilogue, PatchLayout, Pass
-from .layers.matrix import output_stage, patch_block_rows, run_blocks
+from .layers.matrix import grouped_weights, output_stage, patch_block_rows, run_blocks
 from .mapping import LayerMapping, Mapping
 from .network import Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, infer
 from .pcm import PCMModel, targets
@@ -129,6 +129,7 @@ class ProgrammedLayer:
     # arrays cover ((B, 2); None: all of them)
     layout: PatchLayout | None = None
     col_ranges: np.ndarray | None = None
+    groups: int = 1
 
     @property
     def devices(self) -> int:
@@ -273,6 +274,7 @@ class LayerRead:
     adc_bound: float | None
     layout: PatchLayout | None = None
     col_ranges: np.ndarray | None = None
+    groups: int = 1
 
     @functools.cached_property
     def wn(self) -> np.ndarray:
@@ -296,26 +298,25 @@ class LayerRead:
 
     @functools.cached_property
     def diagonal(self) -> list:
-        """Per row block: None (one product of its rows and columns), or (groups, kg, ng,
-        weights (groups, kg, ng)) when it holds several whole groups of equal size (a grouped
-        conv: the products of the diagonal blocks only, the RESET devices off them add 0)."""
+        """Per row block: None (one product of its rows and columns), or its diagonal blocks
+        ((taps, C/G, N/G, G_b) weights, :func:`archsim.layers.matrix.grouped_weights`) when it
+        holds G_b >= 2 whole groups of a grouped conv: only those products are made (the RESET
+        devices off the diagonal add nothing)."""
         out = []
+        layout, k, n = self.layout, self.weights.shape[0], self.weights.shape[1]
         for b, (r0, r1) in enumerate(self.bounds):
             c0, c1 = self.block_cols[b]
-            rows = None if self.layout is None else self.layout.group_rows[b]
-            if rows is None:
-                out.append(None)
+            out.append(None)
+            if self.groups == 1 or layout is None:
                 continue
-            present = [(int(g0), int(g1)) for g0, g1 in rows if g1 > g0]
-            g = len(present)
-            kg = present[0][1] - present[0][0] if g else 0
-            if g < 2 or (c1 - c0) % g or any(g1 - g0 != kg for g0, g1 in present):
-                out.append(None)
+            cg, ng = k // layout.taps // self.groups, n // self.groups
+            ch0, ch1 = layout.block_channels[b]
+            if ch0 < 0 or ch0 % cg or (ch1 - ch0) % cg:
                 continue
-            ng = (c1 - c0) // g
-            w = self.weights[r0:r1, c0:c1].reshape(g, kg, g, ng)
-            idx = np.arange(g)
-            out.append((g, kg, ng, np.ascontiguousarray(w[idx, :, idx, :])))
+            g_b = (ch1 - ch0) // cg
+            if g_b < 2 or c0 != ch0 // cg * ng or c1 - c0 != g_b * ng:
+                continue
+            out[-1] = grouped_weights(self.weights[r0:r1, c0:c1], g_b, layout.taps)
         return out
 
 
@@ -367,7 +368,7 @@ class ChipState:
             pl = dev.programmed
             colscale, alpha_cols, alpha = self.columns(name)
             layers[name] = LayerRead(pl.row_bounds, weights[name], colscale, alpha_cols, alpha,
-                                     pl.adc_bound, pl.layout, pl.col_ranges)
+                                     pl.adc_bound, pl.layout, pl.col_ranges, pl.groups)
         return ChipRead(self, layers)
 
 
@@ -452,7 +453,7 @@ def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Conver
         g_neg = np.where(mask, g_neg, 0.0)
     return ProgrammedLayer(lm.name, row_bounds, col_bounds, unit, g_pos, g_neg, nu_pos, nu_neg,
                            conv.adc_bound, layout=layout,
-                           col_ranges=_block_col_ranges(lm, row_bounds))
+                           col_ranges=_block_col_ranges(lm, row_bounds), groups=lm.groups)
 
 
 def _block_col_ranges(lm: LayerMapping, row_bounds: np.ndarray) -> np.ndarray | None:
@@ -630,7 +631,7 @@ def analog_rows(layer_read: LayerRead, xq: np.ndarray, absmax: np.ndarray, conv:
         if diag is None:
             np.matmul(xq[:, r0:r1], w[r0:r1, c0:c1], out=y[b, :, :c1 - c0])
         else:
-            kernels.grouped_products_into(xq, int(r0), diag[3], y[b])
+            kernels.grouped_products_into(xq, int(r0), diag, y[b])
     in_scale = kernels.dac_code_scale(conv.dac_bits)
     if observe is not None:
         observe(np.concatenate([y[b, :, :c1 - c0].ravel() for b, (c0, c1) in enumerate(cranges)])

@@ -6,6 +6,8 @@ kernel with a plain-numpy twin.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -632,6 +634,22 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
     return out
 
 
+@njit(**_FAST)
+def _ranges_fit(ranges, ncols, width):
+    for b in range(ranges.shape[0]):
+        if ranges[b, 0] < 0 or ranges[b, 1] > ncols or ranges[b, 1] < ranges[b, 0] or (
+                ranges[b, 1] - ranges[b, 0] > width):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_f32(n: int) -> np.ndarray:
+    out = np.zeros(n, np.float32)
+    out.flags.writeable = False
+    return out
+
+
 def adc_rows_into(y: np.ndarray, col_ranges: np.ndarray, absmax: np.ndarray,
                   colscale: np.ndarray, out: np.ndarray, *, bound: float | None, bits: int | None,
                   in_scale: float = 1.0, noise_sigma: float = 0.0, key: int = 0, stream: int = 0,
@@ -653,27 +671,27 @@ def adc_rows_into(y: np.ndarray, col_ranges: np.ndarray, absmax: np.ndarray,
     ``counts`` (2,) int64 accumulates the conversions that clipped and that read zero."""
     nb, rows, wb = y.shape
     ncols = out.shape[1]
-    if y.dtype != np.float32 or out.dtype != np.float32 or out.shape[0] != rows:
-        raise ValueError(f"adc_rows_into: float32 y (B, P, W) and out (P, N) expected, got "
-                         f"{y.dtype} {y.shape} and {out.dtype} {out.shape}")
+    if (y.dtype != np.float32 or out.dtype != np.float32 or out.shape[0] != rows
+            or not (y.flags.c_contiguous and out.flags.c_contiguous)):
+        raise ValueError(f"adc_rows_into: C-contiguous float32 y (B, P, W) and out (P, N) "
+                         f"expected, got {y.dtype} {y.shape} and {out.dtype} {out.shape}")
     col_ranges = np.ascontiguousarray(col_ranges, np.int64)
-    if col_ranges.shape != (nb, 2) or col_ranges.size and (
-            col_ranges[:, 0].min() < 0 or col_ranges[:, 1].max() > ncols
-            or (col_ranges[:, 1] - col_ranges[:, 0]).max() > wb
-            or (col_ranges[:, 1] < col_ranges[:, 0]).any()):
+    if col_ranges.shape != (nb, 2) or not _ranges_fit(col_ranges, ncols, wb):
         raise ValueError("adc_rows_into: column ranges do not fit y and out")
     if absmax.dtype != np.float32 or absmax.shape != (rows, nb):
         raise ValueError(f"adc_rows_into: absmax must be float32 {(rows, nb)}")
-    if colscale.dtype != np.float32 or colscale.shape != (nb, ncols):
-        raise ValueError(f"adc_rows_into: colscale must be float32 {(nb, ncols)}")
+    if (colscale.dtype != np.float32 or colscale.shape != (nb, ncols)
+            or not colscale.flags.c_contiguous):
+        raise ValueError(f"adc_rows_into: colscale must be C-contiguous float32 {(nb, ncols)}")
     if bits is not None and bound is None:
         raise ValueError("adc_rows_into: a quantizing ADC needs an output bound")
     if offset is None:
-        offset = np.zeros(ncols, np.float32)
+        offset = _zeros_f32(ncols)
     elif offset.dtype != np.float32 or offset.shape != (ncols,):
         raise ValueError(f"adc_rows_into: offset must be float32 ({ncols},)")
-    if residual is not None and (residual.dtype != np.float32 or residual.shape != out.shape):
-        raise ValueError("adc_rows_into: residual must be float32 shaped like out")
+    if residual is not None and (residual.dtype != np.float32 or residual.shape != out.shape
+                                 or not residual.flags.c_contiguous):
+        raise ValueError("adc_rows_into: residual must be C-contiguous float32 shaped like out")
     if counts is None:
         counts = np.zeros(2, np.int64)
     elif counts.shape != (2,) or counts.dtype != np.int64:
@@ -771,29 +789,45 @@ def read_devices_into(pos: tuple[np.ndarray, np.ndarray], neg: tuple[np.ndarray,
 
 
 @njit(**_FAST)
-def _grouped_kernel(x, r0, kg, w, out):
+def _grouped_kernel(x, r0, w, acc, out):
     rows = x.shape[0]
-    g_count, _, ng = w.shape
+    taps, cg, ng, g_count = w.shape
+    cb = cg * g_count
+    k = x.shape[1]
+    xf = x.ravel()
+    wf = w.ravel()
+    af = acc.ravel()
+    gc = np.uint64(g_count)
     for p in range(rows):
+        for i in range(np.uint64(ng) * gc):
+            af[i] = 0.0
+        for t in range(taps):
+            for c in range(cg):
+                src = np.uint64(p * k + r0 + t * cb + c)
+                for j in range(ng):
+                    wb = np.uint64(((t * cg + c) * ng + j) * g_count)
+                    ab = np.uint64(j) * gc
+                    for g in range(gc):
+                        af[ab + g] += xf[src + g * np.uint64(cg)] * wf[wb + g]
         for g in range(g_count):
-            base = r0 + g * kg
             for j in range(ng):
-                s = _f32(0.0)
-                for i in range(kg):
-                    s += x[p, base + i] * w[g, i, j]
-                out[p, g * ng + j] = s
+                out[p, g * ng + j] = acc[j, g]
     return out
 
 
 def grouped_products_into(x: np.ndarray, r0: int, w: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Products of G consecutive groups: out[:, g ng + j] = x[:, r0 + g kg : r0 + (g+1) kg] @
-    w[g, :, j] (x (P, K), w (G, kg, ng), out (P, >= G ng)), float32, one dot product per output
-    (for small groups, where one BLAS call per group costs more than the arithmetic)."""
-    g, kg, ng = w.shape
+    """Products of G whole groups held by one row block of a grouped conv: x (P, K) holds, from
+    column r0, the block's patch values tap by tap with the channels of its G groups side by side
+    (C/G each, :class:`archsim.layers.PatchLayout`); ``w`` (taps, C/G, N/G, G): the diagonal
+    blocks (:func:`archsim.layers.matrix.grouped_weights`). out[:, g N/G + j] = sum over taps and
+    the group's channels of x times w, float32, the sum over taps then channels; vectorized over
+    the groups (the RESET devices off the diagonal blocks add nothing and are skipped)."""
+    taps, cg, ng, g = w.shape
     if x.dtype != np.float32 or w.dtype != np.float32 or out.dtype != np.float32:
         raise TypeError("grouped_products_into: float32 arrays expected")
     if (x.ndim != 2 or out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] < g * ng
-            or not 0 <= r0 <= x.shape[1] - g * kg):
+            or not 0 <= r0 <= x.shape[1] - taps * cg * g or not x.flags.c_contiguous
+            or not w.flags.c_contiguous):
         raise ValueError(f"grouped_products_into: shapes x {x.shape}, w {w.shape}, out "
-                         f"{out.shape} and first row {r0} do not fit")
-    return _grouped_kernel(x, r0, kg, np.ascontiguousarray(w), out)
+                         f"{out.shape} and first column {r0} do not fit")
+    return _grouped_kernel(x, r0, w, np.empty((ng, g), np.float32), out)

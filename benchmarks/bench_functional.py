@@ -15,11 +15,19 @@ The images are split into rounds; each round runs the three engines one after th
 same images (rotating which goes first), so a change in the machine's load hits all three alike.
 Prints images/s of each, archsim / onnxruntime for both passes (targets: FP32 >= 0.5, analog >=
 0.35), the peak resident memory (target < 2 GB), the threads and BLAS kernels used and the load
-average. ``--batch-sizes`` first times a few batch sizes per engine (on --probe-images images)
-and reports them; each engine then runs at its fastest one, except the analog evaluation, which
-runs at the accuracy driver's default (its batch is the set of images that share one read of the
-chip, so it is part of the model, not a speed knob). onnxruntime is a test/benchmark extra, never
-a runtime dependency. Needs ../shared/data (or $ARCHSIM_DATA).
+average, and the CPU seconds each engine used (a quiet machine's wall time is about CPU / cores
+for archsim, whose threads never spin; onnxruntime's threads spin while they wait).
+``--batch-sizes`` first times a few batch sizes per engine (on --probe-images images) and reports
+them; each engine then runs at its fastest one, except the analog evaluation, which runs at the
+accuracy driver's default (its batch is the set of images that share one read of the chip, so it
+is part of the model, not a speed knob). onnxruntime is a test/benchmark extra, never a runtime
+dependency. Needs ../shared/data (or $ARCHSIM_DATA).
+
+BLAS kernels: onnxruntime brings its own AVX-512 GEMMs; numpy's OpenBLAS 0.3.31 picks its
+(AVX2) Haswell kernels on AMD Zen 4/5 although these CPUs have AVX-512 (README, "Set-up"). On
+such a CPU, with OPENBLAS_CORETYPE unset, the benchmark restarts itself with
+OPENBLAS_CORETYPE=SkylakeX (say so in its first line) so that both engines use the CPU's vector
+units; ``--blas-as-is`` keeps OpenBLAS's own choice.
 """
 
 from __future__ import annotations
@@ -27,11 +35,36 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+
+def _avx512_kernels_unused() -> bool:
+    """The CPU has AVX-512 but numpy's OpenBLAS chose AVX2 kernels (asked in a subprocess:
+    OPENBLAS_CORETYPE only acts before OpenBLAS loads)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            if " avx512f" not in f.read():
+                return False
+        probe = subprocess.run(
+            [sys.executable, "-c", "import numpy, threadpoolctl; print(','.join(i.get("
+             "'architecture') or '' for i in threadpoolctl.threadpool_info() if i.get("
+             "'internal_api') == 'openblas'))"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(a in ("Haswell", "Zen") for a in probe.stdout.strip().split(","))
+
+
+if __name__ == "__main__" and "--blas-as-is" not in sys.argv and \
+        "OPENBLAS_CORETYPE" not in os.environ and _avx512_kernels_unused():
+    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    os.environ["ARCHSIM_BENCH_BLAS_NOTE"] = ("restarted with OPENBLAS_CORETYPE=SkylakeX: AVX-512 "
+                                             "CPU, OpenBLAS had chosen AVX2 kernels")
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -113,6 +146,13 @@ def timed(fn, x: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, np.concatenate(preds)
 
 
+def timed_cpu(fn, x: np.ndarray, batch: int) -> tuple[float, float, np.ndarray]:
+    """(wall seconds, CPU seconds of this process, predictions)."""
+    cpu = time.process_time()
+    wall, preds = timed(fn, x, batch)
+    return wall, time.process_time() - cpu, preds
+
+
 def probe_batch_sizes(eng: Engines, x: np.ndarray, xc: np.ndarray, sizes, probe: int) -> dict:
     """Images/s of each engine at each batch size on the first ``probe`` images (best of 2)."""
     out = {}
@@ -143,8 +183,13 @@ def main(argv=None) -> int:
                     help="batch size of the ORT and FP32 passes (default: the fastest probed)")
     ap.add_argument("--analog-batch-size", type=int, default=F.DEFAULT_BATCH_SIZE,
                     help="images per read of the chip (default: the accuracy driver's)")
+    ap.add_argument("--blas-as-is", action="store_true",
+                    help="keep OpenBLAS's own kernel choice (see the module docstring)")
     args = ap.parse_args(argv)
 
+    note = os.environ.get("ARCHSIM_BENCH_BLAS_NOTE")
+    if note:
+        print(note)
     print(f"start: {load_text()}; archsim on {threads.workers()} threads; BLAS: {blas_text()}",
           flush=True)
     eng = Engines(args)
@@ -177,8 +222,11 @@ def main(argv=None) -> int:
             batch[name] = 128
 
     seconds = {"ort": 0.0, "fp32": 0.0, "analog": 0.0}
+    cpu_s = dict(seconds)
     preds = {name: [] for name in seconds}
+    cpu0 = time.process_time()
     seconds["analog"] += eng.program(1)           # the evaluated chip: programming + drift + GDC
+    cpu_s["analog"] += time.process_time() - cpu0
     setup_s = seconds["analog"]
     rounds = max(1, min(args.rounds, n))
     edges = np.linspace(0, n, rounds + 1).astype(int)
@@ -187,22 +235,24 @@ def main(argv=None) -> int:
         part = slice(edges[r], edges[r + 1])
         for name in order[r % 3:] + order[:r % 3]:
             fn = getattr(eng, name)
-            dt, p = timed(fn, xc[part] if name == "ort" else x[part], batch[name])
+            dt, cpu, p = timed_cpu(fn, xc[part] if name == "ort" else x[part], batch[name])
             seconds[name] += dt
+            cpu_s[name] += cpu
             preds[name].append(p)
     preds = {k: np.concatenate(v) for k, v in preds.items()}
     rate = {k: n / v for k, v in seconds.items()}
 
     print(f"\nResNet-32 / CIFAR-10, {n} test images in {rounds} interleaved rounds; "
           f"end: {load_text()}")
-    print(f"{'engine':<44}{'batch':>6}{'seconds':>10}{'images/s':>10}{'accuracy':>10}")
+    print(f"{'engine':<44}{'batch':>6}{'seconds':>10}{'images/s':>10}{'CPU s':>8}"
+          f"{'accuracy':>10}")
     rows = (("ort", f"onnxruntime ({args.ort_threads} intra-op threads)"),
             ("fp32", "archsim FP32"),
             ("analog", f"archsim analog at 1 day (setup {setup_s:.2f} s incl.)"))
     for name, label in rows:
         acc = np.mean(preds[name] == labels)
         print(f"{label:<44}{batch[name]:>6}{seconds[name]:10.2f}{rate[name]:10.0f}"
-              f"{100 * acc:9.2f}%")
+              f"{cpu_s[name]:8.1f}{100 * acc:9.2f}%")
     agree = np.mean(preds["fp32"] == preds["ort"])
     print(f"FP32 predictions equal to onnxruntime's: {100 * agree:.2f}%")
     ok = True

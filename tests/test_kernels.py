@@ -112,8 +112,8 @@ def test_patches_are_im2col_in_the_layout_order(kernel, stride, pads, dilation, 
     x = rng.standard_normal((3, 7, 6, 4)).astype(np.float32)
     x[0] = 0.0                                          # all-zero patches: abs-max 0
     taps = kernel[0] * kernel[1]
-    layout = PatchLayout(4, taps, groups, bounds, kernel[1] if dilation[1] == 1 else 1)
-    assert (layout.runs[:, 4] > 1).any() == (groups == 1 and bounds is None and dilation[1] == 1)
+    layout = PatchLayout(4, taps, bounds, kernel[1] if dilation[1] == 1 else 1)
+    assert (layout.runs[:, 4] > 1).any() == (bounds is None and dilation[1] == 1)
     ho = (7 + pads[0] + pads[2] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (6 + pads[1] + pads[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
     geom = kernels.conv_geometry(kernel, stride, pads, dilation, ho, wo)
@@ -371,14 +371,24 @@ def test_read_matches_twin():
     np.testing.assert_array_equal(out, ((g[0][0] + g[0][1]) - (g[1][0] + g[1][1])) * np.float32(1 / 50))
 
 
-def test_grouped_products_are_the_diagonal_blocks():
+@pytest.mark.parametrize("cg,ng", [(1, 1), (2, 3)])
+def test_grouped_products_are_the_diagonal_blocks(cg, ng):
+    """A block of 3 whole groups, patch values tap-major: the products of its diagonal blocks
+    of the (block-diagonal) weight matrix, as the dense product gives them."""
+    from archsim.layers.matrix import grouped_weights
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((30, 40)).astype(np.float32)
-    w = rng.standard_normal((3, 9, 2)).astype(np.float32)
-    out = np.zeros((30, 8), np.float32)
-    kernels.grouped_products_into(x, 4, w, out)
-    want = np.concatenate([x[:, 4 + 9 * g:13 + 9 * g] @ w[g] for g in range(3)], axis=1)
-    np.testing.assert_allclose(out[:, :6], want, rtol=1e-5, atol=1e-5)
-    assert not out[:, 6:].any()
+    taps, g = 4, 3
+    k = taps * g * cg
+    x = rng.standard_normal((30, 5 + k)).astype(np.float32)
+    dense = np.zeros((taps, g, cg, g, ng), np.float32)            # rows (tap, group, channel)
+    for gi in range(g):
+        dense[:, gi, :, gi, :] = rng.standard_normal((taps, cg, ng))
+    dense = dense.reshape(k, g * ng)
+    w = grouped_weights(dense, g, taps)
+    assert w.shape == (taps, cg, ng, g)
+    out = np.zeros((30, g * ng + 2), np.float32)
+    kernels.grouped_products_into(x, 5, w, out)
+    np.testing.assert_allclose(out[:, :g * ng], x[:, 5:] @ dense, rtol=1e-5, atol=1e-5)
+    assert not out[:, g * ng:].any()
     with pytest.raises(ValueError):
-        kernels.grouped_products_into(x, 14, w, out)       # rows past the input
+        kernels.grouped_products_into(x, 6, w, out)       # columns past the input

@@ -13,7 +13,7 @@ from .ops import PatchLayout, col2im_general, im2col, im2col_general, patch_layo
 
 # patch rows per GEMM of the inference fast path: about this many bytes of patches, so that the
 # patches stay in the core's cache between the im2col that writes them and the GEMM that reads them
-PATCH_BLOCK_BYTES = 2 * 1024 * 1024
+PATCH_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 def patch_block_rows(k: int) -> int:
@@ -130,6 +130,18 @@ class MatrixLayer(Layer):
 
     def _forward_train(self, a: np.ndarray, run: Pass) -> np.ndarray:
         raise NotImplementedError
+
+
+def grouped_weights(w: np.ndarray, groups: int, taps: int) -> np.ndarray:
+    """The diagonal blocks of a grouped (K, N) weight matrix whose rows are tap-major (tap, then
+    channel) as (taps, C/G, N/G, G) float32: entry [t, c, j, g] multiplies channel c of group g at
+    tap t into output j of group g."""
+    k, n = w.shape
+    cg, ng = k // taps // groups, n // groups
+    blocks = w.reshape(taps, groups, cg, groups, ng)
+    idx = np.arange(groups)
+    diag = blocks[:, idx, :, idx, :]                                    # (G, taps, cg, ng)
+    return np.ascontiguousarray(diag.transpose(1, 2, 3, 0), np.float32)
 
 
 def _grouped(cols: np.ndarray, w2: np.ndarray, groups: int) -> np.ndarray:
@@ -275,9 +287,9 @@ class Conv2d(MatrixLayer):
 
     # ---- the inference fast path: patches in the run layout, straight into cache-sized GEMMs ----
     def patch_layout(self, in_channels: int, row_bounds=None) -> PatchLayout:
-        """Where the fast kernels put each patch value (group by group, tap by tap, each tap's
-        channels contiguous; ``row_bounds``: the natural-order row blocks kept contiguous)."""
-        return patch_layout(in_channels, self.kernel_shape[0] * self.kernel_shape[1], self.groups,
+        """Where the fast kernels put each patch value (tap by tap, each tap's channels
+        contiguous; ``row_bounds``: the natural-order row blocks kept contiguous)."""
+        return patch_layout(in_channels, self.kernel_shape[0] * self.kernel_shape[1],
                             None if row_bounds is None else
                             tuple((int(a), int(b)) for a, b in row_bounds),
                             self.kernel_shape[1] if self.dilations[1] == 1 else 1)
@@ -288,19 +300,15 @@ class Conv2d(MatrixLayer):
         return conv_geometry(self.kernel_shape, self.strides, self.pads, self.dilations, ho, wo)
 
     def layout_weights(self, w: np.ndarray, layout: PatchLayout) -> np.ndarray:
-        """A (K, N) weight matrix (natural order) with its rows in ``layout``'s order: (K, N) for
-        a dense conv, (N, K/G) rows per output for a grouped one (the form :func:`_grouped` takes)."""
+        """A (K, N) weight matrix (natural order) with its rows in ``layout``'s order (one block):
+        (K, N) for a dense conv; for a grouped one its diagonal blocks as
+        :func:`archsim.kernels.grouped_products_into` takes them, (taps, C/G, N/G, G)."""
         if self.groups == 1:
             return np.ascontiguousarray(w[layout.order])
-        g = self.groups
-        kg, ng = w.shape[0] // g, w.shape[1] // g
-        idx = np.arange(g)
-        blocks = w.reshape(g, kg, g, ng)[idx, :, idx, :]                # (G, Kg, Ng) natural
-        local = layout.order[:kg]                                       # same in every group
-        return np.ascontiguousarray(blocks[:, local, :].transpose(0, 2, 1).reshape(g * ng, kg))
+        return grouped_weights(w[layout.order], self.groups, layout.taps)
 
     def forward_fused(self, a, epilogue, residual, run):
-        from ..kernels import patches_into
+        from ..kernels import grouped_products_into, patches_into
         n, h, w, c = a.shape
         ho, wo = self.out_hw(h, w)
         a = np.ascontiguousarray(a, np.float32)
@@ -322,7 +330,7 @@ class Conv2d(MatrixLayer):
             if self.groups == 1:
                 np.matmul(cols[:r1 - r0], weights, out=o)
             else:
-                o[...] = _grouped(cols[:r1 - r0], weights, self.groups)
+                grouped_products_into(cols[:r1 - r0], 0, weights, o)
             output_stage(o, epilogue, None if res is None else res[r0:r1], bias, run)
 
         run_blocks(rows_block, -(-rows // block))

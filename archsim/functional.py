@@ -20,11 +20,19 @@ run seed, per mapping and programmed chip):
   image share one draw). The driver reads once per batch: each AdaBS calibration batch and each
   test batch of each pass sees its own read, from its own stream (``read/adabs``,
   ``read/test/<compensation>``), so a calibration never shares a read-noise draw with the test
-  pass it is judged on.
-- :func:`analog_forward` runs :func:`archsim.network.forward` on one read with a ``matmul`` hook
-  (DAC on each row block's input slice, one GEMM per row block, ADC with its output noise +
-  digital accumulation of the row-block partial sums, GDC) and a ``batchnorm`` hook (the
-  per-column affine applied digitally after the ADC). Digital layers stay exact FP32.
+  pass it is judged on. A read draws one 64-bit key per layer from its stream; the normal numbers
+  of the layer's devices are Philox4x32-10 draws under that key (:mod:`archsim.kernels`).
+- :func:`analog_forward` runs an inference pass (:func:`archsim.network.infer`: the batch in
+  chunks on the worker threads) on one read. Each analog layer is one fused step: patches
+  written and DAC-quantized per row block in one kernel, one GEMM per row block (the diagonal
+  blocks only for grouped convs), then one ADC pass: output noise, clip and rounding, the digital
+  sum of the row-block partial sums and the layer's output stage - GDC factors and the BatchNorm
+  after it (the per-column affine of the periphery), the residual add and the ReLU that follow.
+  :func:`analog_matmul` / :func:`analog_rows` do the same for any block of rows with one
+  :class:`LayerRead` (a caller may split a layer's rows: each row keeps its noise draws). The ADC
+  noise is keyed by one draw per batch from the named stream; the counter of a draw is the
+  conversion (row, row block, column) and the layer, so the numbers do not depend on chunks or
+  threads. Digital layers stay exact FP32.
 - :func:`evaluate_accuracy` is the Monte Carlo driver; it also counts, per layer and time, the
   conversions that clip and that read zero.
 

@@ -1,16 +1,20 @@
 """The network IR: a layer graph with shapes, MAC counts and the one graph walk that runs it.
 
 Layers are the registered kinds of :mod:`archsim.layers` (one class per kind); this module holds
-the graph (:class:`Network`: order, names, inputs, inferred shapes, parameters), :func:`walk` (the
-one traversal every pass uses: FP32 inference, the analog simulation through the hooks of
-:func:`forward`, and training in :mod:`archsim.training`), the built-in networks and
-:func:`fp32_logits`, the FP32 reference in the model's own input layout.
+the graph (:class:`Network`: order, names, inputs, inferred shapes, parameters), the graph walks
+- :func:`walk` (layer by layer: training in :mod:`archsim.training`, and :func:`forward` with
+user hooks) and :func:`infer` (inference: :func:`fusion_plan`'s fused steps on chunks of the
+batch, on the worker threads of :mod:`archsim.threads`; the FP32 pass and, through the hooks of
+:class:`~archsim.layers.Pass`, the analog one of :mod:`archsim.functional`) - the built-in
+networks and :func:`fp32_logits`, the FP32 reference in the model's own input layout.
 
 Activations are NHWC float32 arrays (N, H, W, C), or (N, F) after Flatten/GlobalAvgPool. A conv
-layer is computed GEMM-bound: im2col patches of K = Cin*kh*kw values in (c, i, j) order - the order
-of an OIHW kernel flattened - times the (K, N) weight matrix, for the whole batch in one matmul.
-That 2-D form is exactly what :mod:`archsim.mapping` places on crossbar arrays, and the functional
-simulation swaps the matmul for the analog one through the ``matmul`` hook of :func:`forward`.
+layer is a matrix layer: im2col patches of K = Cin*kh*kw values times the (K, N) weight matrix.
+In the (c, i, j) order of an OIHW kernel flattened, that 2-D form is exactly what
+:mod:`archsim.mapping` places on crossbar arrays (and what a ``matmul`` hook of :func:`forward`
+receives); inference passes write the patches tap-major instead (whole channel vectors,
+:class:`~archsim.layers.PatchLayout`) with the weights' rows in the same order - the same
+products summed in another order.
 
 Parameters live outside the graph, in a dict keyed ``<layer name>.<role>`` (PyTorch-style for the
 built-in networks: ``conv1.weight``, ``layer2.0.bn1.running_mean``, ``linear.bias``); each layer

@@ -23,11 +23,11 @@ accuracy driver's default (its batch is the set of images that share one read of
 is part of the model, not a speed knob). onnxruntime is a test/benchmark extra, never a runtime
 dependency. Needs ../shared/data (or $ARCHSIM_DATA).
 
-BLAS kernels: onnxruntime brings its own AVX-512 GEMMs; numpy's OpenBLAS 0.3.31 picks its
-(AVX2) Haswell kernels on AMD Zen 4/5 although these CPUs have AVX-512 (README, "Set-up"). On
-such a CPU, with OPENBLAS_CORETYPE unset, the benchmark restarts itself with
-OPENBLAS_CORETYPE=SkylakeX (say so in its first line) so that both engines use the CPU's vector
-units; ``--blas-as-is`` keeps OpenBLAS's own choice.
+BLAS kernels: onnxruntime brings its own AVX-512 GEMMs; archsim's GEMMs are numpy's OpenBLAS,
+whose kernels follow OPENBLAS_CORETYPE (this project's machines set Haswell: AVX2, half the
+vector width of their AVX-512 CPUs). The benchmark prints which kernels ran and says so when the
+CPU could do more; ``--blas-coretype SkylakeX`` restarts it with that core type (OpenBLAS reads
+the variable only when it loads) to compare like with like.
 """
 
 from __future__ import annotations
@@ -35,34 +35,25 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 
-def _avx512_kernels_unused() -> bool:
-    """The CPU has AVX-512 but numpy's OpenBLAS chose AVX2 kernels (asked in a subprocess:
-    OPENBLAS_CORETYPE only acts before OpenBLAS loads)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            if " avx512f" not in f.read():
-                return False
-        probe = subprocess.run(
-            [sys.executable, "-c", "import numpy, threadpoolctl; print(','.join(i.get("
-             "'architecture') or '' for i in threadpoolctl.threadpool_info() if i.get("
-             "'internal_api') == 'openblas'))"], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return any(a in ("Haswell", "Zen") for a in probe.stdout.strip().split(","))
+def _coretype_argument(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--blas-coretype" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--blas-coretype="):
+            return arg.split("=", 1)[1]
+    return None
 
 
-if __name__ == "__main__" and "--blas-as-is" not in sys.argv and \
-        "OPENBLAS_CORETYPE" not in os.environ and _avx512_kernels_unused():
-    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-    os.environ["ARCHSIM_BENCH_BLAS_NOTE"] = ("restarted with OPENBLAS_CORETYPE=SkylakeX: AVX-512 "
-                                             "CPU, OpenBLAS had chosen AVX2 kernels")
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+if __name__ == "__main__":
+    _core = _coretype_argument(sys.argv[1:])
+    if _core and os.environ.get("OPENBLAS_CORETYPE") != _core:
+        os.environ["OPENBLAS_CORETYPE"] = _core           # read by OpenBLAS when numpy loads it
+        os.execv(sys.executable, [sys.executable] + sys.argv)
 
 import numpy as np  # noqa: E402
 
@@ -89,6 +80,14 @@ def peak_rss_mb() -> float:
 
 def load_text() -> str:
     return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
 
 
 def blas_text() -> str:
@@ -183,15 +182,15 @@ def main(argv=None) -> int:
                     help="batch size of the ORT and FP32 passes (default: the fastest probed)")
     ap.add_argument("--analog-batch-size", type=int, default=F.DEFAULT_BATCH_SIZE,
                     help="images per read of the chip (default: the accuracy driver's)")
-    ap.add_argument("--blas-as-is", action="store_true",
-                    help="keep OpenBLAS's own kernel choice (see the module docstring)")
+    ap.add_argument("--blas-coretype", metavar="NAME",
+                    help="run with OPENBLAS_CORETYPE=NAME (e.g. SkylakeX: AVX-512 kernels)")
     args = ap.parse_args(argv)
 
-    note = os.environ.get("ARCHSIM_BENCH_BLAS_NOTE")
-    if note:
-        print(note)
-    print(f"start: {load_text()}; archsim on {threads.workers()} threads; BLAS: {blas_text()}",
-          flush=True)
+    print(f"start: {load_text()}; archsim on {threads.workers()} threads; BLAS: {blas_text()} "
+          f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})", flush=True)
+    if cpu_has_avx512() and any(k in blas_text() for k in ("Haswell", "Zen")):
+        print("note: this CPU has AVX-512 (onnxruntime uses it) but OpenBLAS runs its AVX2 "
+              "kernels; --blas-coretype SkylakeX compares like with like")
     eng = Engines(args)
     test = load_workload(REPO / "workloads" / "resnet32_cifar10.yaml").dataset("test")
     n = min(args.images, len(test))

@@ -309,8 +309,6 @@ CHUNK_MULTIPLE = 4
 def chunk_bounds(net: Network, batch: int, chunk: int | None = None) -> list[tuple[int, int]]:
     """[first, end) images of each chunk of a batch (``chunk``: images per chunk, else about
     CHUNK_MACS each, the count rounded up to a multiple of CHUNK_MULTIPLE)."""
-    if batch == 0:
-        return [(0, 0)]
     if chunk is not None:
         size = max(1, int(chunk))
         return [(i, min(batch, i + size)) for i in range(0, batch, size)]
@@ -332,6 +330,9 @@ def infer(net: Network, x: np.ndarray, make_pass: Callable[[int, Workspace], Pas
     threads."""
     x = np.asarray(x, dtype=np.float32)
     n = x.shape[0]
+    if n == 0:
+        empty = np.zeros((0,) + net.shape(net.output), np.float32)
+        return empty if keep is None else {net.output: empty}
     steps = fusion_plan(net, batchnorm=batchnorm_fusion, keep=keep)
     bounds = chunk_bounds(net, n, chunk)
     count = len(bounds)

@@ -25,6 +25,7 @@ _lock = threading.Lock()
 _workers: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _controller = None
+_modules_seen = 0
 _local = threading.local()
 
 
@@ -60,10 +61,14 @@ def set_workers(n: int | None) -> None:
 
 
 def _blas():
-    global _controller
-    if _controller is None:
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries, rebuilt when modules have been
+    imported since (a library is loaded by an import, e.g. scipy's own OpenBLAS)."""
+    global _controller, _modules_seen
+    import sys
+    if _controller is None or len(sys.modules) != _modules_seen:
         from threadpoolctl import ThreadpoolController
         _controller = ThreadpoolController()
+        _modules_seen = len(sys.modules)
     return _controller
 
 

@@ -147,3 +147,30 @@ def test_analog_pass_equals_the_natural_order_product():
     np.testing.assert_allclose(out, layer.multiply(cols, layer.weight_matrix(params)),
                                rtol=1e-5, atol=1e-5)
     assert counts[2] == cols.shape[0] * 8                    # 2 arrays x 4 columns, not 2 x 8
+
+
+def test_blas_runs_one_thread_per_worker_during_a_pass(two_threads):
+    """archsim.threads owns the thread counts: during a pass every BLAS runs one thread per
+    worker (the workers are the parallelism), after it BLAS is back to its own count."""
+    from threadpoolctl import threadpool_info
+    from archsim.layers import Pass
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    threads.set_workers(2)
+    net = chain_net()
+    params = random_params(net)
+    seen = []
+
+    def fused(layer, a, epilogue, residual, run):
+        seen.append(blas_threads())
+        return layer.forward_fused(a, epilogue, residual, run)
+
+    from archsim.network import infer
+    shared = {}
+    infer(net, np.zeros((8, 6, 7, 3), np.float32),
+          lambda first, ws: Pass(params, ws, fused_matmul=fused, first_image=first, shared=shared))
+    assert seen and all(s == {1} for s in seen)
+    assert blas_threads() == before

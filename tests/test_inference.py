@@ -142,7 +142,7 @@ def test_analog_pass_equals_the_natural_order_product():
     layer = net.layer("c5")
     cols = layer.matrix_input(acts)
     counts = np.zeros(3, np.int64)
-    out = F.analog_matmul(lr, cols, pc.converters, gdc=False, workspace=None or F.Workspace(),
+    out = F.analog_matmul(lr, cols, pc.converters, gdc=False, workspace=F.Workspace(),
                           counts=counts)
     np.testing.assert_allclose(out, layer.multiply(cols, layer.weight_matrix(params)),
                                rtol=1e-5, atol=1e-5)

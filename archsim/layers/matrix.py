@@ -11,8 +11,10 @@ from .base import (Epilogue, Layer, LayerError, MatrixView, ParamSpec, Pass, Wor
                    _pair, _square)
 from .ops import PatchLayout, col2im_general, im2col, im2col_general, patch_layout
 
-# patch rows per GEMM of the inference fast path: about this many bytes of patches, so that the
-# patches stay in the core's cache between the im2col that writes them and the GEMM that reads them
+# patch rows per GEMM of the inference fast path: about this many bytes of patches, written into
+# one reused buffer and read back by the GEMM while they are still in the (L3) cache. Measured
+# (ResNet-32, one thread): 0.5 / 1 / 2 / 4 / 8 MB -> 731 / 796 / 829 / 823 / 839 FP32 images/s;
+# small blocks pay the per-call work more often.
 PATCH_BLOCK_BYTES = 8 * 1024 * 1024
 
 

@@ -287,16 +287,18 @@ def adc_twin(y, ranges, absmax, colscale, bound, bits, in_scale, sigma, key, str
     return out, (clipped, zero)
 
 
-@pytest.mark.parametrize("bound,bits,sigma,grouped", [(None, None, 0.0, False), (3.0, None, 0.0, False),
-                                                      (3.0, 8, 0.0, False), (2.0, 6, 0.1, False),
-                                                      (2.0, 8, 0.06, True)])
-def test_adc_matches_twin(bound, bits, sigma, grouped):
+@pytest.mark.parametrize("bound,bits,sigma,blocks", [(None, None, 0.0, "two"), (3.0, None, 0.0, "two"),
+                                                     (3.0, 8, 0.0, "two"), (2.0, 6, 0.1, "two"),
+                                                     (2.0, 8, 0.06, "grouped"),
+                                                     (2.0, 8, 0.06, "one"), (None, None, 0.0, "one")])
+def test_adc_matches_twin(bound, bits, sigma, blocks):
     rng = np.random.default_rng(1)
-    ranges = np.array([[0, 12], [12, 24]] if grouped else [[0, 24], [0, 24]])
-    wb = 12 if grouped else 24
-    y = (rng.standard_normal((2, 40, wb)) * 2).astype(np.float32)
-    absmax = rng.uniform(0, 3, (40, 2)).astype(np.float32)
-    colscale = rng.uniform(0.5, 2, (2, 24)).astype(np.float32)
+    ranges = np.array({"two": [[0, 24], [0, 24]], "grouped": [[0, 12], [12, 24]],
+                       "one": [[0, 24]]}[blocks])
+    nb, wb = len(ranges), 12 if blocks == "grouped" else 24
+    y = (rng.standard_normal((nb, 40, wb)) * 2).astype(np.float32)
+    absmax = rng.uniform(0, 3, (40, nb)).astype(np.float32)
+    colscale = rng.uniform(0.5, 2, (nb, 24)).astype(np.float32)
     offset = rng.standard_normal(24).astype(np.float32)
     res = rng.standard_normal((40, 24)).astype(np.float32)
     key, stream, start = 2 ** 40 + 7, 5, 1000

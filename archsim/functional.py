@@ -20,11 +20,19 @@ run seed, per mapping and programmed chip):
   image share one draw). The driver reads once per batch: each AdaBS calibration batch and each
   test batch of each pass sees its own read, from its own stream (``read/adabs``,
   ``read/test/<compensation>``), so a calibration never shares a read-noise draw with the test
-  pass it is judged on.
-- :func:`analog_forward` runs :func:`archsim.network.forward` on one read with a ``matmul`` hook
-  (DAC on each row block's input slice, one GEMM per row block, ADC with its output noise +
-  digital accumulation of the row-block partial sums, GDC) and a ``batchnorm`` hook (the
-  per-column affine applied digitally after the ADC). Digital layers stay exact FP32.
+  pass it is judged on. A read draws one 64-bit key per layer from its stream; the normal numbers
+  of the layer's devices are Philox4x32-10 draws under that key (:mod:`archsim.kernels`).
+- :func:`analog_forward` runs an inference pass (:func:`archsim.network.infer`: the batch in
+  chunks on the worker threads) on one read. Each analog layer is one fused step: patches
+  written and DAC-quantized per row block in one kernel, one GEMM per row block (the diagonal
+  blocks only for grouped convs), then one ADC pass: output noise, clip and rounding, the digital
+  sum of the row-block partial sums and the layer's output stage - GDC factors and the BatchNorm
+  after it (the per-column affine of the periphery), the residual add and the ReLU that follow.
+  :func:`analog_matmul` / :func:`analog_rows` do the same for any block of rows with one
+  :class:`LayerRead` (a caller may split a layer's rows: each row keeps its noise draws). The ADC
+  noise is keyed by one draw per batch from the named stream; the counter of a draw is the
+  conversion (row, row block, column) and the layer, so the numbers do not depend on chunks or
+  threads. Digital layers stay exact FP32.
 - :func:`evaluate_accuracy` is the Monte Carlo driver; it also counts, per layer and time, the
   conversions that clip and that read zero.
 
@@ -51,21 +59,26 @@ abs-max * D g_max / scale (and the GDC alpha).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-from . import kernels
+from . import kernels, threads
 from .datasets import Dataset
 from .errors import ConfigError
+from .layers import Epilogue, PatchLayout, Pass
+from .layers.matrix import grouped_weights, output_stage, patch_block_rows, run_blocks
 from .mapping import LayerMapping, Mapping, copy_key
-from .network import Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, matrix_input
+from .network import Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, infer
 from .pcm import PCMModel, targets
 from .progress import Progress, format_time_s
 from .rng import Streams
 
 DEFAULT_TIMES_S = (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
+# images per batch of the Monte Carlo driver: the images that share one read of the chip
+DEFAULT_BATCH_SIZE = 128
 COMPENSATIONS = ("none", "gdc", "gdc+adabs")
 UNLIMITED = "unlimited"
 
@@ -135,10 +148,35 @@ class ProgrammedLayer:
     gdc_baseline: np.ndarray | None = None   # (B, C) mean |readout| right after programming
     copy: int = 0                   # which copy of the layer's weights (replication)
     array_index: np.ndarray | None = None    # (B, C) int64 array of each block, -1 where none
+    # how the fast path lays out the layer's rows (a conv's patch layout: each row block's rows
+    # contiguous, in another order; None: the natural order), and the columns each row block's
+    # arrays cover ((B, 2); None: all of them)
+    layout: PatchLayout | None = None
+    col_ranges: np.ndarray | None = None
+    groups: int = 1
 
     @property
     def devices(self) -> int:
         return self.g_prog_pos.shape[0]
+
+    @property
+    def order(self) -> np.ndarray:
+        """Natural row index of each row of the layer's weights as reads hold them."""
+        if self.layout is None:
+            return np.arange(self.g_prog_pos.shape[1])
+        return self.layout.order
+
+    @property
+    def array_bounds(self) -> np.ndarray:
+        """The row blocks as row ranges of the weights as reads hold them."""
+        return self.row_bounds if self.layout is None else self.layout.bounds
+
+    @property
+    def block_cols(self) -> np.ndarray:
+        n = self.unit.shape[1]
+        if self.col_ranges is None:
+            return np.tile(np.array([[0, n]], np.int64), (len(self.row_bounds), 1))
+        return self.col_ranges
 
 
 @dataclass(frozen=True)
@@ -162,7 +200,8 @@ class ProgrammedChip:
             for g_prog, nu in ((pl.g_prog_pos, pl.nu_pos), (pl.g_prog_neg, pl.nu_neg)):
                 g_d = self.model.drift(g_prog, nu, t_s)
                 sigma = self.model.read_sigma_us(g_d, g_prog, t_s)
-                polarities.append((g_d.astype(np.float32), sigma.astype(np.float32)))
+                polarities.append((np.ascontiguousarray(g_d, np.float32),
+                                   np.ascontiguousarray(sigma, np.float32)))
             out[name] = LayerDevices(pl, polarities[0], polarities[1],
                                      np.float32(1.0 / (pl.devices * g_max)))
         return out
@@ -172,8 +211,7 @@ class ProgrammedChip:
         devices = self.devices_at(t_s)
         frozen = None
         if self.read_noise == "frozen":
-            rng = streams("read", "frozen")
-            frozen = {n: d.read(self.model, rng) for n, d in devices.items()}
+            frozen = read_layers(self.model, devices, streams("read", "frozen"))
         return ChipState(self, float(t_s), devices, {}, frozen)
 
     def gdc_levels(self, state: "ChipState", streams: Streams) -> dict:
@@ -211,26 +249,101 @@ class LayerDevices:
     neg: tuple[np.ndarray, np.ndarray]
     per_us: np.float32              # 1 / (D g_max)
 
-    def read(self, model: PCMModel, rng: np.random.Generator | None) -> np.ndarray:
-        """Normalized weights (sum G+ - sum G-) / (D g_max) of one read, float32 (K, N);
-        ``rng=None``: the drifted conductances without read noise."""
-        sums = []
-        for g_d, sigma in (self.pos, self.neg):
-            g = g_d if rng is None else model.sample_read(g_d, sigma, rng)
-            sums.append(g.sum(axis=0, dtype=np.float32) if g.shape[0] > 1 else g[0])
-        wn = sums[0] - sums[1]
-        wn *= self.per_us
-        return wn
+    def read(self, model: PCMModel, rng: np.random.Generator | None,
+             order: np.ndarray | None = None) -> np.ndarray:
+        """Normalized weights (sum G+ - sum G-) / (D g_max) of one read, float32 (K, N), rows in
+        ``order`` (default natural); ``rng=None``: the drifted conductances without read noise.
+        One 64-bit key drawn from ``rng`` seeds the read's Philox stream (see
+        :func:`archsim.kernels.read_devices_into`)."""
+        noisy = rng is not None and not (model.ideal or model.read_noise_scale == 0)
+        key = int(rng.integers(0, 2 ** 64, dtype=np.uint64)) if noisy else None
+        return self.read_keyed(model, key, order)
+
+    def read_keyed(self, model: PCMModel, key: int | None, order: np.ndarray | None = None
+                   ) -> np.ndarray:
+        k, n = self.pos[0].shape[1:]
+        order = np.arange(k) if order is None else order
+        return kernels.read_devices_into(self.pos, self.neg, self.per_us, order,
+                                         np.empty((k, n), np.float32), key=key,
+                                         noise_scale=model.read_noise_scale)
+
+
+def read_layers(model: PCMModel, devices: dict, rng: np.random.Generator | None) -> dict:
+    """One read of every layer: name -> (K, N) float32 normalized weights in the layer's fast
+    order (rows :attr:`ProgrammedLayer.order`). One key per layer is drawn from ``rng`` (in layer
+    order) and the layers are read on the worker threads."""
+    noisy = rng is not None and not (model.ideal or model.read_noise_scale == 0)
+    names = list(devices)
+    keys = [int(rng.integers(0, 2 ** 64, dtype=np.uint64)) if noisy else None for _ in names]
+    out: dict = {}
+
+    def task(i: int, slot: int) -> None:
+        dev = devices[names[i]]
+        out[names[i]] = dev.read_keyed(model, keys[i], dev.programmed.order)
+
+    threads.run_chunks(task, len(names))
+    return {name: out[name] for name in names}
 
 
 @dataclass(frozen=True)
 class LayerRead:
+    """One analog layer as one read sees it. ``weights`` (K, N) float32: the normalized weights
+    of this read, rows in the fast order of ``layout`` (None: natural; :attr:`wn` gives them in
+    the natural order); ``row_bounds`` the row blocks in the natural order; ``colscale`` (B, N):
+    D g_max / scale, normalized -> weight units; ``alpha_cols`` (B, N) and ``alpha`` (B, C): the
+    GDC factors; ``col_ranges`` (B, 2): the columns each row block's arrays cover (None: all)."""
     row_bounds: np.ndarray          # (B, 2)
-    wn: np.ndarray                  # (K, N) float32 normalized weights of this read
-    colscale: np.ndarray            # (B, N) float32 D g_max / scale: normalized -> weight units
+    weights: np.ndarray             # (K, N) float32
+    colscale: np.ndarray            # (B, N) float32
     alpha_cols: np.ndarray          # (B, N) float32 GDC factor of each column's array
     alpha: np.ndarray               # (B, C) GDC factor per array
     adc_bound: float | None
+    layout: PatchLayout | None = None
+    col_ranges: np.ndarray | None = None
+    groups: int = 1
+
+    @functools.cached_property
+    def wn(self) -> np.ndarray:
+        """The normalized weights with their rows in the natural order."""
+        if self.layout is None or self.layout.identity:
+            return self.weights
+        out = np.empty_like(self.weights)
+        out[self.layout.order] = self.weights
+        return out
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """The row blocks as row ranges of :attr:`weights`."""
+        return self.row_bounds if self.layout is None else self.layout.bounds
+
+    @functools.cached_property
+    def block_cols(self) -> np.ndarray:
+        if self.col_ranges is not None:
+            return self.col_ranges
+        return np.tile(np.array([[0, self.weights.shape[1]]], np.int64), (len(self.row_bounds), 1))
+
+    @functools.cached_property
+    def diagonal(self) -> list:
+        """Per row block: None (one product of its rows and columns), or its diagonal blocks
+        ((taps, C/G, N/G, G_b) weights, :func:`archsim.layers.matrix.grouped_weights`) when it
+        holds G_b >= 2 whole groups of a grouped conv: only those products are made (the RESET
+        devices off the diagonal add nothing)."""
+        out = []
+        layout, k, n = self.layout, self.weights.shape[0], self.weights.shape[1]
+        for b, (r0, r1) in enumerate(self.bounds):
+            c0, c1 = self.block_cols[b]
+            out.append(None)
+            if self.groups == 1 or layout is None:
+                continue
+            cg, ng = k // layout.taps // self.groups, n // self.groups
+            ch0, ch1 = layout.block_channels[b]
+            if ch0 < 0 or ch0 % cg or (ch1 - ch0) % cg:
+                continue
+            g_b = (ch1 - ch0) // cg
+            if g_b < 2 or c0 != ch0 // cg * ng or c1 - c0 != g_b * ng:
+                continue
+            out[-1] = grouped_weights(self.weights[r0:r1, c0:c1], g_b, layout.taps)
+        return out
 
 
 @dataclass(frozen=True)
@@ -252,26 +365,36 @@ class ChipState:
     t_s: float
     devices: dict                   # name -> LayerDevices
     alphas: dict                    # name -> (B, C) GDC factors (empty: not calibrated)
-    frozen: dict | None = None      # name -> (K, N) normalized weights of the frozen read
+    frozen: dict | None = None      # name -> (K, N) weights of the frozen read (fast order)
+    _columns: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def read(self, rng: np.random.Generator | None) -> ChipRead:
-        """One read: every device with a fresh read-noise sample from ``rng`` (per-read mode), or
-        the frozen read. ``rng`` may be None only for a chip without read noise."""
-        model = self.chip.model
-        if self.frozen is None and rng is None and not (model.ideal or model.read_noise_scale == 0):
-            raise ValueError("ChipState.read: a noisy chip needs a generator for its read noise")
-        g_max = model.g_max_us
-        layers = {}
-        for name, dev in self.devices.items():
-            pl = dev.programmed
-            wn = self.frozen[name] if self.frozen is not None else dev.read(model, rng)
-            colscale = (pl.unit * (pl.devices * g_max)).astype(np.float32)
+    def columns(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(colscale, alpha_cols, alpha) of a layer: the same for every read of this state."""
+        out = self._columns.get(name)
+        if out is None:
+            pl = self.devices[name].programmed
+            colscale = (pl.unit * (pl.devices * self.chip.model.g_max_us)).astype(np.float32)
             alpha = self.alphas.get(name)
             if alpha is None:
                 alpha = np.ones((len(pl.row_bounds), len(pl.col_bounds)))
-            layers[name] = LayerRead(pl.row_bounds, wn, colscale,
-                                     _expand_cols(alpha, pl.col_bounds).astype(np.float32), alpha,
-                                     pl.adc_bound)
+            out = self._columns[name] = (colscale, _expand_cols(alpha, pl.col_bounds).astype(
+                np.float32), alpha)
+        return out
+
+    def read(self, rng: np.random.Generator | None) -> ChipRead:
+        """One read: every device with a fresh read-noise sample (per-read mode; one key per
+        layer drawn from ``rng``), or the frozen read. ``rng`` may be None only for a chip without
+        read noise."""
+        model = self.chip.model
+        if self.frozen is None and rng is None and not (model.ideal or model.read_noise_scale == 0):
+            raise ValueError("ChipState.read: a noisy chip needs a generator for its read noise")
+        weights = self.frozen if self.frozen is not None else read_layers(model, self.devices, rng)
+        layers = {}
+        for name, dev in self.devices.items():
+            pl = dev.programmed
+            colscale, alpha_cols, alpha = self.columns(name)
+            layers[name] = LayerRead(pl.row_bounds, weights[name], colscale, alpha_cols, alpha,
+                                     pl.adc_bound, pl.layout, pl.col_ranges, pl.groups)
         return ChipRead(self, layers)
 
 
@@ -354,11 +477,13 @@ def _pool_per_array(levels: dict, layers: dict, one_hot: bool) -> dict:
 
 def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Converters,
                   per_column: bool, devices: int, rng: np.random.Generator,
-                  mask: np.ndarray | None = None, copy: int = 0) -> ProgrammedLayer:
+                  mask: np.ndarray | None = None, copy: int = 0,
+                  layout: PatchLayout | None = None) -> ProgrammedLayer:
     """Targets, programming noise and drift exponents of the devices of copy ``copy`` of one analog
     layer (no readout yet). ``mask`` (K, N): the devices that hold a weight (the diagonal blocks of
     a grouped conv); the others stay in the RESET state (0 conductance, no programming noise, no
-    read noise). Columns of a row block that no array covers get unit 0 (no output)."""
+    read noise). Columns of a row block that no array covers get unit 0 (no output). ``layout``:
+    the rows' order on the fast path (a conv's patch layout; the same for every copy)."""
     row_bounds = np.array(lm.row_bounds(), np.int64).reshape(-1, 2)
     col_bounds = tuple(lm.col_bounds())
     row_block = {bounds: b for b, bounds in enumerate(lm.row_bounds())}
@@ -382,12 +507,29 @@ def program_layer(lm: LayerMapping, w: np.ndarray, model: PCMModel, conv: Conver
         g_pos = np.where(mask, g_pos, 0.0)
         g_neg = np.where(mask, g_neg, 0.0)
     return ProgrammedLayer(lm.name, row_bounds, col_bounds, unit, g_pos, g_neg, nu_pos, nu_neg,
-                           conv.adc_bound, copy=copy, array_index=array_index)
+                           conv.adc_bound, copy=copy, array_index=array_index, layout=layout,
+                           col_ranges=_block_col_ranges(lm, row_bounds, copy), groups=lm.groups)
+
+
+def _block_col_ranges(lm: LayerMapping, row_bounds: np.ndarray, copy: int = 0
+                      ) -> np.ndarray | None:
+    """The columns the arrays of each row block cover, (B, 2), or None when every row block
+    covers all N (a dense layer); of the arrays of copy ``copy``. Always one range: the arrays of a row block sit side by side."""
+    out = np.zeros((len(row_bounds), 2), np.int64)
+    for b, (r0, r1) in enumerate(row_bounds):
+        cols = sorted((a.col_start, a.col_stop) for a in lm.blocks_of(copy)
+                      if (a.row_start, a.row_stop) == (r0, r1))
+        if any(c1 != c0 for (_, c1), (c0, _) in zip(cols[:-1], cols[1:])):
+            raise ValueError(f"{lm.name}: the arrays of rows {r0}-{r1} do not cover one range")
+        out[b] = cols[0][0], cols[-1][1]
+    if (out[:, 0] == 0).all() and (out[:, 1] == lm.n).all():
+        return None
+    return out
 
 
 def program_chip(mapping: Mapping, params: dict, streams: "Streams | np.random.Generator | int",
                  *, precision: str | None = None, model: PCMModel | None = None,
-                 calibration_images: np.ndarray | None = None, batch_size: int = 128
+                 calibration_images: np.ndarray | None = None, batch_size: int = DEFAULT_BATCH_SIZE
                  ) -> ProgrammedChip:
     """Program every analog layer of ``mapping`` once (targets, programming noise, drift exponents:
     stream ``program``; copy c >= 1 of the i-th matrix layer: ``program/layer/<i>/copy/<c>``), set
@@ -410,11 +552,15 @@ def program_chip(mapping: Mapping, params: dict, streams: "Streams | np.random.G
         w = layer.weight_matrix(params)
         if lm.analog:
             w64, mask = w.astype(np.float64), layer.weight_mask(lm.k)
-            layers[lm.name] = program_layer(lm, w64, model, conv, per_column, d, rng, mask)
+            layout = None
+            if hasattr(layer, "patch_layout"):
+                layout = layer.patch_layout(net.input_shape_of(layer)[-1], lm.row_bounds())
+            layers[lm.name] = program_layer(lm, w64, model, conv, per_column, d, rng, mask,
+                                            layout=layout)
             for c in range(1, lm.copies):       # each copy on arrays of its own
                 layers[copy_key(lm.name, c)] = program_layer(
                     lm, w64, model, conv, per_column, d,
-                    streams("program", "layer", li, "copy", c), mask, copy=c)
+                    streams("program", "layer", li, "copy", c), mask, copy=c, layout=layout)
         else:
             digital[lm.name] = w
     chip = ProgrammedChip(mapping, params, model, conv, layers, digital, device.read_noise)
@@ -473,49 +619,91 @@ def analog_matmul(layer_read: LayerRead, cols: np.ndarray, conv: Converters, *, 
                   affine: tuple[np.ndarray, np.ndarray] | None = None,
                   dac_absmax: np.ndarray | None = None,
                   counts: np.ndarray | None = None,
-                  observe: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
-    """(P, K) @ W on the arrays: DAC per row block, one GEMM per row block, ADC, digital sum.
-    ``in_place``: the DAC codes overwrite ``cols`` (a scratch im2col buffer). ``affine``: a
-    per-column (scale, offset) applied in the same digital pass (the folded BatchNorm).
-    ``dac_absmax``: ``cols`` already holds the DAC codes (:func:`kernels.im2col_dac_into`), with
-    these per-row-block abs-maxes. ``counts`` (3,) int64 accumulates the conversions that clipped,
-    that read zero, and all conversions. ``observe(y)`` receives the analog outputs (B, P, N) in normalized units
-    before the ADC."""
-    state = layer_read
+                  observe: Callable[[np.ndarray], None] | None = None,
+                  noise_key: int | None = None, row_start: int = 0) -> np.ndarray:
+    """A block of rows (P, K) @ W on the arrays of one read: DAC per row block, the products of
+    each array, ADC (with its output noise), digital sum of the row-block partial sums. ``cols``
+    in the natural row order (:attr:`LayerRead.wn`'s); ``in_place``: the DAC codes may overwrite
+    them. ``affine``: a per-column (scale, offset) applied in the same digital pass (a folded
+    BatchNorm). ``dac_absmax``: ``cols`` already holds the DAC codes, with these per-row-block
+    abs-maxes. ``counts`` (3,) int64 accumulates the conversions that clipped, that read zero,
+    and all conversions. ``observe(y)`` receives every conversion's analog value in normalized
+    units before the ADC. ADC noise: Philox key ``noise_key``, or one drawn from ``noise_rng``;
+    ``row_start``: the index of the first row among the rows that share the key (a caller that
+    splits a layer's rows keeps each row's draws by passing its offset)."""
     cols = np.ascontiguousarray(cols, np.float32)
     p, k = cols.shape
-    nb, n = state.colscale.shape
+    nb = len(layer_read.row_bounds)
+    layout = layer_read.layout
+    if layout is not None and not layout.identity:
+        cols = np.take(cols, layout.order, axis=1)
+        in_place = True
     if dac_absmax is not None:
-        xq, absmax = cols, dac_absmax
+        xq, absmax = cols, np.ascontiguousarray(dac_absmax, np.float32)
     else:
-        xq = cols if in_place else workspace.get("dac.x", (p, k))
-        absmax = workspace.get("dac.absmax", (p, nb))
-        kernels.dac_quantize_into(cols, state.row_bounds, conv.dac_bits, xq, absmax)
-    y = workspace.get("adc.y", (nb, p, n))
-    for b, (r0, r1) in enumerate(state.row_bounds):
-        np.matmul(xq[:, r0:r1], state.wn[r0:r1], out=y[b])
-    in_scale = kernels.dac_code_scale(conv.dac_bits)
-    if observe is not None:
-        observe(y * np.float32(in_scale))
-    noise = None
-    if conv.adc_noise > 0:
-        if noise_rng is None:
-            raise ValueError("analog_matmul: ADC output noise needs a generator (noise_rng)")
-        noise = workspace.get("adc.noise", (nb, p, n))
-        noise_rng.standard_normal(out=noise, dtype=np.float32)
-    colscale = state.colscale * state.alpha_cols if gdc else state.colscale
+        xq = cols if in_place else np.empty((p, k), np.float32)
+        absmax = np.empty((p, nb), np.float32)
+        kernels.dac_quantize_into(cols, layer_read.bounds, conv.dac_bits, xq, absmax)
+    colscale = layer_read.colscale * layer_read.alpha_cols if gdc else layer_read.colscale
     offset = None
     if affine is not None:
         colscale = colscale * affine[0]
-        offset = affine[1]
-    out = np.empty((p, n), np.float32)
-    row_counts = workspace.get("adc.counts", (p, 2), np.int64)
-    kernels.adc_accumulate_into(y, absmax, colscale, state.adc_bound, conv.adc_bits, out, noise,
-                                conv.adc_noise, in_scale, offset, row_counts)
+        offset = np.asarray(affine[1], np.float32)
+    out = np.empty((p, layer_read.weights.shape[1]), np.float32)
+    key = noise_key
+    if key is None and conv.adc_noise > 0:
+        if noise_rng is None:
+            raise ValueError("analog_matmul: ADC output noise needs a generator (noise_rng)")
+        key = int(noise_rng.integers(0, 2 ** 64, dtype=np.uint64))
+    adc_counts = np.zeros(2, np.int64)
+    analog_rows(layer_read, xq, absmax, conv, out, colscale=np.ascontiguousarray(colscale),
+                offset=offset, key=key or 0, row_start=row_start, workspace=workspace,
+                counts=adc_counts, observe=observe)
     if counts is not None:
-        counts[:2] += row_counts.sum(axis=0)
-        counts[2] += p * n * nb
+        counts[:2] += adc_counts
+        counts[2] += conversions(layer_read, p)
     return out
+
+
+def conversions(layer_read: LayerRead, rows: int) -> int:
+    """ADC conversions of ``rows`` MVMs: each row block converts the columns its arrays cover."""
+    c = layer_read.block_cols
+    return int(rows * (c[:, 1] - c[:, 0]).sum())
+
+
+def analog_rows(layer_read: LayerRead, xq: np.ndarray, absmax: np.ndarray, conv: Converters,
+                out: np.ndarray, *, colscale: np.ndarray, offset: np.ndarray | None, key: int,
+                stream: int = 0, row_start: int = 0, workspace: Workspace,
+                residual: np.ndarray | None = None, clamp: tuple[float, float] | None = None,
+                counts: np.ndarray | None = None,
+                observe: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """The arrays and converters on a block of DAC codes ``xq`` (P, K; rows in the read's fast
+    order) with their per-row-block abs-maxes: the products of each row block's arrays (one GEMM,
+    or the diagonal blocks of a grouped layer), then :func:`archsim.kernels.adc_rows_into` (ADC
+    noise under ``key``/``stream`` for rows ``row_start`` ...; output stage: ``colscale``,
+    ``offset``, ``residual``, ``clamp``) into ``out`` (P, N)."""
+    p = xq.shape[0]
+    cranges = layer_read.block_cols
+    width = int((cranges[:, 1] - cranges[:, 0]).max())
+    nb = len(cranges)
+    y = workspace.get("adc.y", (nb, p, width))
+    w = layer_read.weights
+    for b, (r0, r1) in enumerate(layer_read.bounds):
+        c0, c1 = cranges[b]
+        diag = layer_read.diagonal[b]
+        if diag is None:
+            np.matmul(xq[:, r0:r1], w[r0:r1, c0:c1], out=y[b, :, :c1 - c0])
+        else:
+            kernels.grouped_products_into(xq, int(r0), diag, y[b])
+    in_scale = kernels.dac_code_scale(conv.dac_bits)
+    if observe is not None:
+        observe(np.concatenate([y[b, :, :c1 - c0].ravel() for b, (c0, c1) in enumerate(cranges)])
+                * np.float32(in_scale))
+    return kernels.adc_rows_into(
+        y, cranges, absmax, colscale, out, bound=layer_read.adc_bound, bits=conv.adc_bits,
+        in_scale=in_scale, noise_sigma=conv.adc_noise, key=key, stream=stream,
+        row_start=row_start, offset=offset, residual=residual, clamp=clamp, counts=counts,
+        scratch=workspace.get)
 
 
 @dataclass
@@ -529,6 +717,53 @@ class BatchNormStats:
                     for l in net.batchnorm_layers()})
 
 
+# ADC noise streams of copy c of a replicated layer: the layer's stream + c * _COPY_STREAMS
+_COPY_STREAMS = 1 << 16
+
+
+class _GrowingScratch:
+    """Scratch buffers of varying row counts (a copy's share of a block of rows): one flat buffer
+    per name, grown when a larger view is asked for; views of it in the shape asked."""
+
+    def __init__(self):
+        self._flat: dict = {}
+
+    def get(self, key: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        size = int(np.prod(shape))
+        buf = self._flat.get((key, np.dtype(dtype).str))
+        if buf is None or buf.size < size:
+            buf = self._flat[(key, np.dtype(dtype).str)] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
+
+
+@dataclass(frozen=True)
+class _AnalogStage:
+    """An analog layer's output stage in one pass: the per-column factor and offset the ADC pass
+    applies (GDC factors, and a BatchNorm folded in when the layer has no bias), the residual and
+    clamp it applies too, and what is left for a plain epilogue afterwards (bias + BatchNorm)."""
+    colscale: np.ndarray
+    offset: np.ndarray | None
+    clamp: tuple[float, float] | None
+    residual: bool
+    rest: Epilogue | None
+
+
+def _analog_stage(layer: MatrixLayer, lr: LayerRead, epilogue: Epilogue | None, gdc: bool,
+                  bn: BatchNormStats) -> _AnalogStage:
+    colscale = lr.colscale * lr.alpha_cols if gdc else lr.colscale
+    if layer.bias or epilogue is None or (epilogue.batchnorm is None and epilogue.residual is None
+                                          and epilogue.clamp is None):
+        return _AnalogStage(np.ascontiguousarray(colscale, np.float32), None, None, False,
+                            epilogue)
+    offset = None
+    if epilogue.batchnorm is not None:
+        scale, offset = bn.affine[epilogue.batchnorm.name]
+        colscale = colscale * scale
+        offset = np.asarray(offset, np.float32)
+    return _AnalogStage(np.ascontiguousarray(colscale, np.float32), offset, epilogue.clamp,
+                        epilogue.residual is not None, None)
+
+
 def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
                    bn: BatchNormStats | None = None, workspace: Workspace | None = None,
                    noise_rng: np.random.Generator | None = None,
@@ -536,113 +771,144 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
                    adc_counts: dict[str, np.ndarray] | None = None,
                    observe: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
     """Logits of batch ``x`` on one read of the chip: analog layers through the arrays (with GDC
-    when ``gdc``, ADC output noise from ``noise_rng``), digital layers in FP32, BatchNorm as the
-    affine ``bn`` (default: the eval stats). ``adc_counts``: per analog layer, a (3,) int64 array
-    that accumulates the conversions that clipped, that read zero, and all of them. ``observe(layer, y)`` sees every
-    analog layer's outputs before the ADC (normalized units)."""
+    when ``gdc``, ADC output noise keyed by one draw from ``noise_rng``), digital layers in FP32,
+    BatchNorm as the affine ``bn`` (default: the eval stats). Each analog layer's output stage -
+    the BatchNorm after it (the per-column affine of the hardware), a residual add and a ReLU -
+    runs in its ADC pass. ``batchnorm`` replaces every BatchNorm (e.g. batch statistics: the batch
+    then runs as one chunk, its BatchNorms unfused). ``adc_counts``: per analog layer, a (3,) int64
+    array that accumulates the conversions that clipped, that read zero, and all of them.
+    ``observe(layer, y)`` sees every analog layer's conversions before the ADC (normalized units).
+    The batch runs in chunks on the worker threads of :mod:`archsim.threads`; the numbers do not
+    depend on the thread count."""
     chip = read.chip
     net = chip.mapping.network
-    ws = workspace if workspace is not None else Workspace()
+    conv = chip.converters
     bn = bn or BatchNormStats.from_params(net, chip.params)
-    # an analog conv whose only consumer is a BatchNorm gets the BN affine in its ADC pass (the
-    # per-column periphery of the hardware); that BN is then the identity
-    fused = {} if batchnorm is not None else _fusable_batchnorms(net, read.layers)
+    key = 0
+    if conv.adc_noise > 0 and read.layers:
+        if noise_rng is None:
+            raise ValueError("analog_forward: ADC output noise needs a generator (noise_rng)")
+        key = int(noise_rng.integers(0, 2 ** 64, dtype=np.uint64))
+    # each matrix layer draws its ADC noise from its own Philox stream (its index among them)
+    stream_of = {layer.name: i for i, layer in enumerate(net.matrix_layers())}
+    stages: dict = {}
+    # a replicated layer's output pixels run on their copies (mapping.replication)
     replicated = {lm.name: lm for lm in chip.mapping.analog_layers if lm.copies > 1}
-    dac_absmax: dict[str, np.ndarray] = {}
+    chunk_counts: dict[int, dict] = {}
 
-    def patches(layer: MatrixLayer, a: np.ndarray, workspace: Workspace) -> np.ndarray:
-        """Analog conv inputs: im2col and the DAC in one pass (codes + abs-maxes), where the
-        numba patch kernel applies (square kernel, one stride and padding, no dilation)."""
-        lr = read.layers.get(layer.name)
-        square = layer.square
-        if lr is None or square is None:
-            return matrix_input(layer, a, workspace)
-        kernel, stride, padding = square
-        ho, wo, _ = net.shape(layer.name)
-        rows = a.shape[0] * ho * wo
-        out = workspace.get("im2col", (rows, a.shape[3] * kernel * kernel))
-        absmax = workspace.get("dac.absmax", (rows, len(lr.row_bounds)))
-        kernels.im2col_dac_into(np.asarray(a, np.float32), kernel, stride, padding, ho, wo,
-                                lr.row_bounds, chip.converters.dac_bits, out, absmax)
-        dac_absmax[layer.name] = absmax
-        return out
-
-    def matmul(layer: MatrixLayer, cols: np.ndarray) -> np.ndarray:
+    def step(layer: MatrixLayer, a: np.ndarray, epilogue: Epilogue | None,
+             residual: np.ndarray | None, run: Pass) -> np.ndarray:
         lr = read.layers.get(layer.name)
         if lr is None:
-            return layer.multiply(cols, chip.digital[layer.name])
-        bn_name = fused.get(layer.name)
-        counts = None
-        if adc_counts is not None:
-            counts = adc_counts.setdefault(layer.name, np.zeros(3, np.int64))
-
-        def run(layer_read: LayerRead, x: np.ndarray, absmax: np.ndarray | None,
-                in_place: bool) -> np.ndarray:
-            return analog_matmul(layer_read, x, chip.converters, gdc=gdc, workspace=ws,
-                                 noise_rng=noise_rng, in_place=in_place,
-                                 affine=None if bn_name is None else bn.affine[bn_name],
-                                 dac_absmax=absmax, counts=counts,
-                                 observe=None if observe is None else
-                                 (lambda y, name=layer.name: observe(name, y)))
-
-        absmax = dac_absmax.pop(layer.name, None)
+            return layer.forward_fused(a, epilogue, residual, run)
         lm = replicated.get(layer.name)
-        if lm is None:
-            # conv patches are fresh or scratch buffers of the workspace: the DAC may overwrite them
-            return run(lr, cols, absmax, layer.input_is_copy)
-        reads = [read.layers[copy_key(lm.name, c)] for c in range(lm.copies)]
-        return on_copies(reads, lm.copy_cols, lm.width, cols, absmax, run)
+        reads = [lr] if lm is None else [read.layers[copy_key(layer.name, c)]
+                                         for c in range(lm.copies)]
+        copy_stages = stages.get((layer.name, id(epilogue)))
+        if copy_stages is None:
+            copy_stages = stages[(layer.name, id(epilogue))] = [
+                _analog_stage(layer, r, epilogue, gdc, bn) for r in reads]
+        stage = copy_stages[0]
+        counts = chunk_counts[run.first_image].setdefault(layer.name, np.zeros(2, np.int64))
+        ws = run.workspace
+        n = a.shape[0]
+        if lr.layout is not None:
+            geom = run.cached(("geometry", layer.name), lambda: layer.geometry(a.shape[1:]))
+            ho, wo = int(geom[8]), int(geom[9])
+            src = np.ascontiguousarray(a, np.float32)
+        else:
+            ho = wo = 1
+            src = np.ascontiguousarray(a.reshape(n, -1), np.float32)
+        rows, k = n * ho * wo, lr.weights.shape[0]
+        nout = lr.weights.shape[1]
+        out = np.empty((rows, nout), np.float32)
+        res = None
+        if stage.residual:
+            res = np.ascontiguousarray(residual, np.float32).reshape(rows, nout)
+        block = patch_block_rows(k)
+        first = run.first_image * ho * wo
+        blocks = -(-rows // block)
+        block_counts = np.zeros((blocks, 2), np.int64)
+        if lm is not None:
+            if lm.width != wo:
+                raise ValueError(f"{layer.name}: copies split {lm.width} output columns, the "
+                                 f"layer has {wo}")
+            copy_of = np.empty(wo, np.int64)
+            for c, (w0, w1) in enumerate(lm.copy_cols):
+                copy_of[w0:w1] = c
+            scratch: dict = {}
 
-    fused_bns = set(fused.values())
+        def rows_block(i: int, slot: int) -> None:
+            r0, r1 = i * block, min(rows, (i + 1) * block)
+            bws = ws.worker(slot)
+            cols = bws.get("patches", (min(block, rows), k))[:r1 - r0]
+            absmax = bws.get("dac.absmax", (min(block, rows), len(lr.row_bounds)))[:r1 - r0]
+            if lr.layout is not None:
+                kernels.patches_dac_into(src, geom, r0, r1, lr.layout.runs, lr.bounds,
+                                         conv.dac_bits, cols, absmax)
+            else:
+                kernels.dac_quantize_into(src[r0:r1], lr.bounds, conv.dac_bits, cols, absmax)
+            see = None if observe is None else (lambda y, name=layer.name: observe(name, y))
+            if lm is None:
+                analog_rows(lr, cols, absmax, conv, out[r0:r1], colscale=stage.colscale,
+                            offset=stage.offset, key=key, stream=stream_of[layer.name],
+                            row_start=first + r0, workspace=bws,
+                            residual=None if res is None else res[r0:r1], clamp=stage.clamp,
+                            counts=block_counts[i], observe=see)
+                return
+            # each pixel on its copy: copy c takes the output columns copy_cols[c] of every
+            # output row. Its rows draw ADC noise from the copy's own stream, counted by the
+            # pixel's index among the copy's pixels (independent of blocks and chunks).
+            line, col = np.divmod(np.arange(first + r0, first + r1), wo)
+            which = copy_of[col]
+            flat = scratch.setdefault(slot, _GrowingScratch())
+            for c, (w0, w1) in enumerate(lm.copy_cols):
+                sel = np.flatnonzero(which == c)
+                if not len(sel):
+                    continue
+                out_c = flat.get("copy.out", (len(sel), nout))
+                cs = copy_stages[c]
+                analog_rows(reads[c], cols[sel], absmax[sel], conv, out_c, colscale=cs.colscale,
+                            offset=cs.offset, key=key,
+                            stream=stream_of[layer.name] + c * _COPY_STREAMS,
+                            row_start=int(line[sel[0]] * (w1 - w0) + col[sel[0]] - w0),
+                            workspace=flat, residual=None if res is None else res[r0 + sel],
+                            clamp=cs.clamp, counts=block_counts[i], observe=see)
+                out[r0 + sel] = out_c
 
-    def affine(layer: Layer, a: np.ndarray) -> np.ndarray:
-        if layer.name in fused_bns:
-            return a
-        scale, offset = bn.affine[layer.name]
-        return a * scale + offset
+        run_blocks(rows_block, blocks)
+        counts += block_counts.sum(axis=0)
+        if stage.rest is not None or layer.bias:
+            output_stage(out, stage.rest, None if residual is None else
+                         np.ascontiguousarray(residual, np.float32).reshape(rows, nout),
+                         layer.bias_f32(run), run)
+        return out.reshape((n, ho, wo, nout) if lr.layout is not None else (n, nout))
 
-    return forward(net, chip.params, x, matmul=matmul, batchnorm=batchnorm or affine, workspace=ws,
-                   matrix_input_hook=patches)
+    shared: dict = {}
 
+    def make_pass(first: int, ws: Workspace) -> Pass:
+        chunk_counts[first] = {}
+        return Pass(chip.params, ws, batchnorm=batchnorm,
+                    affine=lambda layer: bn.affine[layer.name], fused_matmul=step,
+                    first_image=first, shared=shared)
 
-def on_copies(reads: Sequence[LayerRead], copy_cols: Sequence[tuple[int, int]], width: int,
-              cols: np.ndarray, dac_absmax: np.ndarray | None,
-              run: Callable[[LayerRead, np.ndarray, np.ndarray | None, bool], np.ndarray]
-              ) -> np.ndarray:
-    """A replicated layer's MVMs, each output pixel on its copy: the rows of ``cols`` (one per
-    output pixel, in (image, output row, output column) order, ``width`` columns per output row)
-    are split by output column, copy c taking columns ``copy_cols[c]`` of every row; each copy's
-    rows run as ``run(its read, its rows, their DAC abs-maxes or None, in_place=True)`` (the rows
-    are a fresh gather) and its outputs are scattered back into pixel order."""
-    p, k = cols.shape
-    lines = p // width
-    x = cols.reshape(lines, width, k)
-    am = None if dac_absmax is None else dac_absmax.reshape(lines, width, -1)
-    out = None
-    for layer_read, (w0, w1) in zip(reads, copy_cols):
-        xc = np.ascontiguousarray(x[:, w0:w1]).reshape(-1, k)
-        ac = None if am is None else np.ascontiguousarray(am[:, w0:w1]).reshape(-1, am.shape[2])
-        y = run(layer_read, xc, ac, True)
-        if out is None:
-            out = np.empty((lines, width, y.shape[1]), y.dtype)
-        out[:, w0:w1] = y.reshape(lines, w1 - w0, -1)
-    return out.reshape(p, -1)
-
-
-def _fusable_batchnorms(net: Network, analog: dict) -> dict[str, str]:
-    """analog layer -> the BatchNorm that is its only consumer (no bias in between)."""
-    users = net.consumers()
-    out = {}
-    for layer in net.batchnorm_layers():
-        if len(layer.inputs) == 1:
-            src = layer.inputs[0]
-            if src in analog and users[src] == [layer.name] and not net.layer(src).bias:
-                out[src] = layer.name
+    x = np.asarray(x, np.float32)
+    out = infer(net, x, make_pass, batchnorm_fusion=batchnorm is None,
+                chunk=len(x) if batchnorm is not None else None, workspace=workspace)
+    if adc_counts is not None:
+        for counts in chunk_counts.values():
+            for name, c in counts.items():
+                total = adc_counts.setdefault(name, np.zeros(3, np.int64))
+                total[:2] += c
+        for name, lr in read.layers.items():
+            if any(name in c for c in chunk_counts.values()):
+                rows = len(x) * int(np.prod(net.shape(name)[:-1]))
+                adc_counts.setdefault(name, np.zeros(3, np.int64))[2] += conversions(lr, rows)
     return out
 
 
 def adabs(state: ChipState, calib: Dataset, *, read_rng: np.random.Generator | None,
-          noise_rng: np.random.Generator | None, gdc: bool = True, batch_size: int = 128
+          noise_rng: np.random.Generator | None, gdc: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
           ) -> BatchNormStats:
     """AdaBS: run the calibration images through the drifted chip (each batch a read of its own
     from ``read_rng``; ADC noise from ``noise_rng``) with train-mode BatchNorm (each batch
@@ -759,7 +1025,7 @@ def _count_correct(logits_fn, data: Dataset, batch_size: int, bar: Progress | No
     return correct
 
 
-def fp32_accuracy(net: Network, params: dict, data: Dataset, batch_size: int = 128,
+def fp32_accuracy(net: Network, params: dict, data: Dataset, batch_size: int = DEFAULT_BATCH_SIZE,
                   bar: Progress | None = None) -> float:
     ws = Workspace()
     return _count_correct(lambda xb: forward(net, params, xb, workspace=ws), data, batch_size, bar,
@@ -780,7 +1046,7 @@ def calibration_subset(calib: Dataset, n: int, seed: int) -> Dataset:
 
 
 def test_pass(state: ChipState, test: Dataset, streams: Streams, compensation: str, *,
-              bn: BatchNormStats | None = None, batch_size: int = 128,
+              bn: BatchNormStats | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
               workspace: Workspace | None = None, bar: Progress | None = None, note: str = "",
               adc_counts: dict | None = None) -> float:
     """Accuracy of one pass over ``test`` on the chip at one time: every batch a read of its own
@@ -799,7 +1065,7 @@ def test_pass(state: ChipState, test: Dataset, streams: Streams, compensation: s
 def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, *,
                       calib: Dataset | None = None, calib_images: int = 1000,
                       times_s=DEFAULT_TIMES_S, seeds: int = 5, compensations=COMPENSATIONS,
-                      seed: int = 0, batch_size: int = 128, progress: bool = True,
+                      seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                       precision: str | None = None,
                       on_progress: Callable[["AccuracyResult"], None] | None = None
                       ) -> AccuracyResult:

@@ -6,6 +6,8 @@ kernel with a plain-numpy twin.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -98,98 +100,240 @@ def col2im_into(cols: np.ndarray, kernel: int, stride: int, padding: int, out: n
 
 
 # ------------------------------------------------------------------------------------------
-# Analog periphery: DAC input quantization and ADC output conversion (DESIGN.md section 4)
+# Inference (FP32 and analog): serial kernels over a range of patch rows. The worker threads of
+# archsim.threads run them side by side on different images (numba's own thread pool is not
+# used here: its workqueue layer must not be entered from two threads at once, and BLAS runs on
+# the same workers, one thread each). error_model="numpy" (no ZeroDivisionError branch) and
+# unsigned indices (no negative-index wraparound) let the loops vectorize; no fastmath: every
+# float32 operation is the one written, in the order written.
 # ------------------------------------------------------------------------------------------
+
+_FAST = dict(cache=True, nogil=True, error_model="numpy")
+_NONE_2D = np.zeros((1, 1), np.float32)
+
 
 def levels_of(bits: int | None) -> int:
     """Signed levels per side of a converter, 2^(bits-1) - 1; 0 means unlimited precision."""
     return 0 if bits is None else (1 << (int(bits) - 1)) - 1
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _abs_max(xr, r0, r1):
-    """max |xr[r0:r1]| with four running maxima: one chain waits on every compare, four overlap
-    (max is exact, so the order does not change the result)."""
-    m0 = np.float32(0.0)
-    m1 = np.float32(0.0)
-    m2 = np.float32(0.0)
-    m3 = np.float32(0.0)
-    k = r0
-    while k + 4 <= r1:
-        m0 = max(m0, abs(xr[k]))
-        m1 = max(m1, abs(xr[k + 1]))
-        m2 = max(m2, abs(xr[k + 2]))
-        m3 = max(m3, abs(xr[k + 3]))
-        k += 4
-    while k < r1:
-        m0 = max(m0, abs(xr[k]))
-        k += 1
-    return max(max(m0, m1), max(m2, m3))
+def dac_code_scale(bits: int | None) -> float:
+    """Factor from DAC codes to normalized inputs in [-1, 1]: 1 / (2^(bits-1) - 1)."""
+    return 1.0 if bits is None else 1.0 / levels_of(bits)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _dac_row(x, p, bounds, levels, xq, absmax):
-    """DAC of row ``p`` of ``x`` into ``xq[p]`` (may be ``x`` itself), each row block on its own."""
-    lv = np.float32(levels)
-    xr = x[p]
-    qr = xq[p]
-    for b in range(bounds.shape[0]):
-        r0 = bounds[b, 0]
-        r1 = bounds[b, 1]
-        m = _abs_max(xr, r0, r1)
-        absmax[p, b] = m
-        if m == 0.0:
-            for k in range(r0, r1):
-                qr[k] = 0.0
-        elif levels > 0:
-            s = lv / m
-            for k in range(r0, r1):
-                qr[k] = np.rint(xr[k] * s)
+@njit(**_FAST, inline="always")
+def _run_offsets(geom, runs):
+    """(dy, dx) of each run's tap within the window."""
+    kw, dh, dw = geom[1], geom[6], geom[7]
+    off = np.empty((runs.shape[0], 2), np.int64)
+    for r in range(runs.shape[0]):
+        i = runs[r, 0] // kw
+        off[r, 0] = i * dh
+        off[r, 1] = (runs[r, 0] - i * kw) * dw
+    return off
+
+
+@njit(**_FAST, inline="always")
+def _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw):
+    """One patch row at of[base:]: run r copies channels [c0, c1) of the pixel at its tap's
+    offset from the window's top-left corner (y0, x0) of image b to of[base + d:]; a run of m > 1
+    taps (all channels, neighbouring pixels of one input row when dw == 1) copies m C values at
+    once where the whole stretch lies inside the input. Unsigned indices: numba adds no
+    negative-index wraparound, so the copies vectorize (5x)."""
+    for r in range(runs.shape[0]):
+        c0 = runs[r, 1]
+        n = np.uint64(runs[r, 2] - c0)
+        d = base + np.uint64(runs[r, 3])
+        m = runs[r, 4]
+        y = y0 + offsets[r, 0]
+        xx = x0 + offsets[r, 1]
+        if m == 1:
+            if y < 0 or y >= h or xx < 0 or xx >= w:
+                for i in range(n):
+                    of[d + i] = 0.0
+            else:
+                src = np.uint64(((b * h + y) * w + xx) * c + c0)
+                for i in range(n):
+                    of[d + i] = xf[src + i]
+        elif y < 0 or y >= h:
+            for i in range(n * np.uint64(m)):
+                of[d + i] = 0.0
+        elif xx >= 0 and xx + m - 1 < w:
+            src = np.uint64(((b * h + y) * w + xx) * c)
+            for i in range(n * np.uint64(m)):
+                of[d + i] = xf[src + i]
         else:
-            for k in range(r0, r1):
-                qr[k] = xr[k] / m
+            for j in range(m):
+                xj = xx + j * dw
+                dj = d + np.uint64(j) * n
+                if xj < 0 or xj >= w:
+                    for i in range(n):
+                        of[dj + i] = 0.0
+                else:
+                    src = np.uint64(((b * h + y) * w + xj) * c + c0)
+                    for i in range(n):
+                        of[dj + i] = xf[src + i]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _dac_kernel(x, bounds, levels, xq, absmax):
-    for p in prange(x.shape[0]):
-        _dac_row(x, p, bounds, levels, xq, absmax)
-    return xq
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _im2col_dac_kernel(x, kernel, stride, pad, ho, wo, bounds, levels, out, absmax):
-    for b in prange(x.shape[0]):
-        for oy in range(ho):
-            for ox in range(wo):
-                row = (b * ho + oy) * wo + ox
-                _patch_row(x, b, oy, ox, kernel, stride, pad, out, row)
-                # the row is in cache now: its DAC, in place
-                _dac_row(out, row, bounds, levels, out, absmax)
+@njit(**_FAST)
+def _patches_kernel(x, geom, row0, row1, runs, out):
+    _, h, w, c = x.shape
+    k = out.shape[1]
+    sh, sw, pt, pl, ho, wo = geom[2], geom[3], geom[4], geom[5], geom[8], geom[9]
+    offsets = _run_offsets(geom, runs)
+    xf = x.ravel()
+    of = out.ravel()
+    b = row0 // (ho * wo)
+    oy = (row0 - b * ho * wo) // wo
+    ox = row0 - b * ho * wo - oy * wo
+    for row in range(row0, row1):
+        _patch_row_runs(xf, h, w, c, b, oy * sh - pt, ox * sw - pl, offsets, runs, of,
+                        np.uint64((row - row0) * k), geom[7])
+        ox += 1
+        if ox == wo:
+            ox = 0
+            oy += 1
+            if oy == ho:
+                oy = 0
+                b += 1
     return out
 
 
-def im2col_dac_into(x: np.ndarray, kernel: int, stride: int, padding: int, ho: int, wo: int,
-                    bounds: np.ndarray, bits: int | None, out: np.ndarray, absmax: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`im2col_into` and :func:`dac_quantize_into` in one pass over memory: each patch row
-    is built and DAC-quantized while it is in cache. Same numbers as the two kernels in turn."""
-    n, _, _, c = x.shape
-    if x.dtype != np.float32 or out.dtype != np.float32 or absmax.dtype != np.float32:
-        raise TypeError("im2col_dac_into: float32 arrays expected")
-    k = c * kernel * kernel
-    if out.shape != (n * ho * wo, k) or not out.flags.c_contiguous:
-        raise ValueError(f"im2col_dac_into: out must be C-contiguous {(n * ho * wo, k)}, "
+@njit(**_FAST, inline="always")
+def _dac_row_flat(of, oi, base, bounds, levels, absmax, p):
+    """:func:`_dac_row` in place on row ``p`` starting at of[base], with unsigned indices and the
+    abs-max taken on the bit patterns (|x| as an int31 orders like the float): vectorized."""
+    lv = np.float32(levels)
+    for b in range(bounds.shape[0]):
+        r0 = base + np.uint64(bounds[b, 0])
+        n = np.uint64(bounds[b, 1] - bounds[b, 0])
+        mb = np.int32(0)
+        for i in range(n):
+            mb = max(mb, oi[r0 + i] & np.int32(0x7FFFFFFF))
+        m = np.int32(mb).view(np.float32)
+        absmax[p, b] = m
+        if m == 0.0:
+            for i in range(n):
+                of[r0 + i] = 0.0
+        elif levels > 0:
+            sc = lv / m
+            for i in range(n):
+                of[r0 + i] = np.rint(of[r0 + i] * sc)
+        else:
+            for i in range(n):
+                of[r0 + i] = of[r0 + i] / m
+
+
+@njit(**_FAST)
+def _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels, out, absmax):
+    _, h, w, c = x.shape
+    k = out.shape[1]
+    sh, sw, pt, pl, ho, wo = geom[2], geom[3], geom[4], geom[5], geom[8], geom[9]
+    offsets = _run_offsets(geom, runs)
+    xf = x.ravel()
+    of = out.ravel()
+    oi = of.view(np.int32)
+    b = row0 // (ho * wo)
+    oy = (row0 - b * ho * wo) // wo
+    ox = row0 - b * ho * wo - oy * wo
+    for row in range(row0, row1):
+        p = row - row0
+        base = np.uint64(p * k)
+        _patch_row_runs(xf, h, w, c, b, oy * sh - pt, ox * sw - pl, offsets, runs, of, base,
+                        geom[7])
+        _dac_row_flat(of, oi, base, bounds, levels, absmax, p)   # in cache: the DAC, in place
+        ox += 1
+        if ox == wo:
+            ox = 0
+            oy += 1
+            if oy == ho:
+                oy = 0
+                b += 1
+    return out
+
+
+def conv_geometry(kernel: tuple[int, int], strides: tuple[int, int], pads: tuple[int, ...],
+                  dilations: tuple[int, int], ho: int, wo: int) -> np.ndarray:
+    """The int64 vector the patch kernels read: kh, kw, sh, sw, pad top, pad left, dh, dw, ho, wo."""
+    return np.array([kernel[0], kernel[1], strides[0], strides[1], pads[0], pads[1],
+                     dilations[0], dilations[1], ho, wo], np.int64)
+
+
+@njit(**_FAST)
+def _runs_fit(runs, channels, kw, taps, k):
+    for r in range(runs.shape[0]):
+        t, c0, c1, d, m = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
+        if (t < 0 or m < 1 or t + m > taps or c0 < 0 or c1 > channels or c0 > c1 or d < 0
+                or d + m * (c1 - c0) > k):
+            return False
+        if m > 1 and (c0 != 0 or c1 != channels or t // kw != (t + m - 1) // kw):
+            return False
+    return True
+
+
+def _check_patches(x, geom, row0, row1, runs, out, name):
+    if x.dtype != np.float32 or out.dtype != np.float32 or not x.flags.c_contiguous:
+        raise TypeError(f"{name}: C-contiguous float32 arrays expected")
+    if geom.dtype != np.int64 or geom.shape != (10,):
+        raise ValueError(f"{name}: geometry must be conv_geometry(...)")
+    rows = x.shape[0] * int(geom[8]) * int(geom[9])
+    if not 0 <= row0 <= row1 <= rows:
+        raise ValueError(f"{name}: rows [{row0}, {row1}) outside the {rows} patch rows")
+    if out.ndim != 2 or out.shape[0] < row1 - row0 or not out.flags.c_contiguous:
+        raise ValueError(f"{name}: out must be C-contiguous with at least {row1 - row0} rows, "
                          f"got {out.shape}")
+    if (runs.dtype != np.int64 or runs.ndim != 2 or runs.shape[1] != 5
+            or not _runs_fit(runs, x.shape[3], int(geom[1]), int(geom[0] * geom[1]),
+                             out.shape[1])):
+        raise ValueError(f"{name}: runs must be int64 (R, 5) inside the input channels, the "
+                         f"kernel taps (one kernel row per run of taps, all channels) and the "
+                         f"{out.shape[1]} patch columns")
+
+
+def patches_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs: np.ndarray,
+                 out: np.ndarray) -> np.ndarray:
+    """Patch rows [row0, row1) of an NHWC float32 batch (rows are (image, oy, ox) flattened) into
+    ``out[:row1 - row0]``, laid out by ``runs`` (R, 5): run (t, c0, c1, d, m) copies channels
+    [c0, c1) of kernel taps t .. t + m - 1 (row-major over the kernel; m > 1: all channels, one
+    kernel row) to columns [d, d + m (c1 - c0)); taps off the input read 0. With runs (i kw, 0, C,
+    i kw C, kw) the row is tap-major: each kernel row's kw C values one contiguous copy (the (c, i,
+    j) order of :func:`im2col_into` scatters every value). Any kernel, strides, pads and
+    dilations (``geom`` from :func:`conv_geometry`)."""
+    _check_patches(x, geom, row0, row1, runs, out, "patches_into")
+    return _patches_kernel(x, geom, row0, row1, runs, out)
+
+
+def patches_dac_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs: np.ndarray,
+                     bounds: np.ndarray, bits: int | None, out: np.ndarray, absmax: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`patches_into` and the DAC of :func:`dac_quantize_into` (row blocks ``bounds`` of the
+    run layout's columns) in one pass: each row is quantized while it is in cache."""
+    _check_patches(x, geom, row0, row1, runs, out, "patches_dac_into")
     bounds = np.ascontiguousarray(bounds, np.int64)
-    if absmax.shape != (out.shape[0], len(bounds)) or not absmax.flags.c_contiguous:
-        raise ValueError(f"im2col_dac_into: absmax must be C-contiguous "
-                         f"{(out.shape[0], len(bounds))}, got {absmax.shape}")
-    if bounds.size and (bounds.min() < 0 or bounds.max() > k):
-        raise ValueError("im2col_dac_into: row bounds outside the patch")
-    _im2col_dac_kernel(np.ascontiguousarray(x), kernel, stride, padding, ho, wo, bounds,
-                       levels_of(bits), out, absmax)
+    if (absmax.dtype != np.float32 or absmax.ndim != 2 or absmax.shape[1] != len(bounds)
+            or absmax.shape[0] < row1 - row0 or not absmax.flags.c_contiguous):
+        raise ValueError(f"patches_dac_into: absmax must be C-contiguous float32 with "
+                         f"{len(bounds)} columns")
+    if bounds.size and (bounds.min() < 0 or bounds.max() > out.shape[1]):
+        raise ValueError("patches_dac_into: row bounds outside the patch")
+    _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels_of(bits), out, absmax)
     return out, absmax
+
+
+@njit(**_FAST)
+def _dac_serial_kernel(x, bounds, levels, xq, absmax):
+    k = x.shape[1]
+    xf = x.ravel()
+    of = xq.ravel()
+    oi = of.view(np.int32)
+    for p in range(x.shape[0]):
+        base = np.uint64(p * k)
+        if xq is not x:
+            for i in range(np.uint64(k)):
+                of[base + i] = xf[base + i]
+        _dac_row_flat(of, oi, base, bounds, levels, absmax, p)
+    return xq
 
 
 def dac_quantize_into(x: np.ndarray, bounds: np.ndarray, bits: int | None, xq: np.ndarray,
@@ -199,104 +343,527 @@ def dac_quantize_into(x: np.ndarray, bounds: np.ndarray, bits: int | None, xq: n
     L = 2^(bits-1) - 1 per side. Writes the DAC codes rint(x * (L / m)) (integers in [-L, L], all
     float32 arithmetic) into ``xq`` (P, K) - with ``bits=None`` the unrounded x / m in [-1, 1] - and
     the abs-maxes m into ``absmax`` (P, B). ``xq`` may be ``x`` itself (in place). The normalized
-    input is ``xq / L`` (see :func:`dac_code_scale`)."""
+    input is ``xq / L`` (see :func:`dac_code_scale`). Runs on the calling thread."""
     if x.dtype != np.float32 or xq.dtype != np.float32 or absmax.dtype != np.float32:
         raise TypeError("dac_quantize_into: float32 arrays expected")
     if x.ndim != 2 or xq.shape != x.shape or absmax.shape != (x.shape[0], len(bounds)):
         raise ValueError(f"dac_quantize_into: shapes x {x.shape}, xq {xq.shape}, absmax "
                          f"{absmax.shape} do not fit {len(bounds)} row blocks")
-    if not xq.flags.c_contiguous or not absmax.flags.c_contiguous:
-        raise ValueError("dac_quantize_into: outputs must be C-contiguous")
+    if not (x.flags.c_contiguous and xq.flags.c_contiguous and absmax.flags.c_contiguous):
+        raise ValueError("dac_quantize_into: arrays must be C-contiguous")
     bounds = np.ascontiguousarray(bounds, np.int64)
     if bounds.size and (bounds.min() < 0 or bounds.max() > x.shape[1]):
         raise ValueError("dac_quantize_into: row bounds outside the input")
-    _dac_kernel(x, bounds, levels_of(bits), xq, absmax)
-    return xq, absmax
+    return _dac_serial_kernel(x, bounds, levels_of(bits), xq, absmax), absmax
 
 
-def dac_code_scale(bits: int | None) -> float:
-    """Factor from DAC codes to normalized inputs in [-1, 1]: 1 / (2^(bits-1) - 1)."""
-    return 1.0 if bits is None else 1.0 / levels_of(bits)
+@njit(**_FAST)
+def _epilogue_kernel(y, bias, scale, offset, residual, lo, hi, use_bias, use_affine,
+                     use_residual):
+    """In place on ``y`` (one array read and written at the same index: the loop vectorizes; an
+    output array that might overlap the input would keep it scalar)."""
+    rows, cols = y.shape
+    yf = y.ravel()
+    rf = residual.ravel()
+    nc = np.uint64(cols)
+    for p in range(rows):
+        base = np.uint64(p) * nc
+        for n in range(nc):
+            v = yf[base + n]
+            if use_bias:
+                v = v + bias[n]
+            if use_affine:
+                v = v * scale[n] + offset[n]
+            if use_residual:
+                v = v + rf[base + n]
+            v = lo if v < lo else v
+            v = hi if v > hi else v
+            yf[base + n] = v
+    return y
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _adc_kernel(y, in_scale, absmax, colscale, offset, bound, levels, noise, noise_sigma, out,
-                counts):
-    nb, rows, cols = y.shape
-    step = bound / levels if levels > 0 else 0.0
-    for p in prange(rows):
-        clipped = 0
-        zero = 0
-        for n in range(cols):
-            acc = 0.0
-            for b in range(nb):
-                v = np.float64(y[b, p, n]) * in_scale
-                if noise_sigma > 0.0:
-                    v = v + noise_sigma * np.float64(noise[b, p, n])
-                if v > bound:
-                    v = bound
-                    clipped += 1
-                elif v < -bound:
-                    v = -bound
-                    clipped += 1
-                if levels > 0:
-                    v = np.rint(v / step) * step
-                if v == 0.0:
-                    zero += 1
-                acc = acc + v * np.float64(absmax[p, b]) * np.float64(colscale[b, n])
-            out[p, n] = acc + offset[n]
-        counts[p, 0] = clipped
-        counts[p, 1] = zero
-    return out
+_NONE_F32 = np.zeros(1, np.float32)
 
 
-_NO_NOISE = np.zeros((1, 1, 1), np.float32)
-
-
-def adc_accumulate_into(y: np.ndarray, absmax: np.ndarray, colscale: np.ndarray, bound: float | None,
-                        bits: int | None, out: np.ndarray, noise: np.ndarray | None = None,
-                        noise_sigma: float = 0.0, in_scale: float = 1.0,
-                        offset: np.ndarray | None = None, counts: np.ndarray | None = None
-                        ) -> np.ndarray:
-    """ADC and digital accumulation of row-block partial sums.
-
-    ``y`` (B, P, N): analog outputs of each row block; times ``in_scale`` (e.g. the DAC code scale)
-    they are in normalized units (inputs and weights in [-1, 1]); optional ``noise_sigma * noise``
-    (same shape) is added, then each value is clipped to +-``bound`` (None: no clip) and rounded to
-    the signed levels 2^(bits-1) - 1 per side of the bound (``bits=None``: no rounding), then scaled
-    back by the input abs-max ``absmax`` (P, B) and the per-column factor ``colscale`` (B, N), and
-    summed over the row blocks (in float64) plus the optional per-column ``offset`` (N,) into
-    ``out`` (P, N). ``colscale`` and ``offset`` together are the digital per-column affine periphery
-    (GDC factor, BatchNorm scale and shift). ``counts`` (P, 2) int64, if given, receives per row
-    the conversions that clipped and the conversions that read zero (B x N conversions per row)."""
-    nb, rows, cols = y.shape
-    if y.dtype != np.float32 or out.dtype != np.float32:
-        raise TypeError("adc_accumulate_into: float32 arrays expected")
-    if absmax.shape != (rows, nb) or colscale.shape != (nb, cols) or out.shape != (rows, cols):
-        raise ValueError(f"adc_accumulate_into: shapes y {y.shape}, absmax {absmax.shape}, colscale "
-                         f"{colscale.shape}, out {out.shape} do not fit")
-    if bits is not None and bound is None:
-        raise ValueError("adc_accumulate_into: a quantizing ADC needs an output bound")
-    if noise_sigma > 0.0:
-        if noise is None or noise.shape != y.shape or noise.dtype != np.float32:
-            raise ValueError("adc_accumulate_into: noise must be float32 shaped like y")
-    else:
-        noise = _NO_NOISE
-    offset = np.zeros(cols) if offset is None else np.ascontiguousarray(offset, np.float64)
-    if offset.shape != (cols,):
-        raise ValueError(f"adc_accumulate_into: offset must have shape ({cols},)")
-    if counts is None:
-        counts = np.empty((rows, 2), np.int64)
-    elif counts.shape != (rows, 2) or counts.dtype != np.int64 or not counts.flags.c_contiguous:
-        raise ValueError(f"adc_accumulate_into: counts must be C-contiguous int64 ({rows}, 2)")
-    return _adc_kernel(y, float(in_scale), np.ascontiguousarray(absmax, np.float32),
-                       np.ascontiguousarray(colscale, np.float32), offset,
-                       np.inf if bound is None else float(bound), levels_of(bits), noise,
-                       float(noise_sigma), out, counts)
+def epilogue_into(y: np.ndarray, out: np.ndarray, *, bias: np.ndarray | None = None,
+                  scale: np.ndarray | None = None, offset: np.ndarray | None = None,
+                  residual: np.ndarray | None = None,
+                  clamp: tuple[float, float] | None = None) -> np.ndarray:
+    """The output stage of a matrix layer in one read and one write of its (P, N) product ``y``:
+    ``((y + bias) * scale + offset) + residual``, then clamped to ``clamp`` (lo, hi) - each part
+    optional, every operation float32 in exactly this order (the same bits as the layers run one
+    by one: conv bias, BatchNorm, Add, ReLU/Clip). ``out`` may be ``y``."""
+    if (y.dtype != np.float32 or out.dtype != np.float32 or y.ndim != 2 or out.shape != y.shape
+            or not out.flags.c_contiguous):
+        raise ValueError(f"epilogue_into: float32 (P, N) arrays of one shape expected (out "
+                         f"C-contiguous), got "
+                         f"{y.dtype} {y.shape} and {out.dtype} {out.shape}")
+    n = y.shape[1]
+    vecs = []
+    for v, what in ((bias, "bias"), (scale, "scale"), (offset, "offset")):
+        if v is not None and (v.dtype != np.float32 or v.shape != (n,)):
+            raise ValueError(f"epilogue_into: {what} must be float32 ({n},)")
+        vecs.append(_NONE_F32 if v is None else v)
+    if (scale is None) != (offset is None):
+        raise ValueError("epilogue_into: scale and offset go together")
+    if residual is not None and (residual.dtype != np.float32 or residual.shape != y.shape):
+        raise ValueError("epilogue_into: residual must be float32 shaped like y")
+    if residual is not None and not residual.flags.c_contiguous:
+        raise ValueError("epilogue_into: residual must be C-contiguous")
+    if out is not y:
+        np.copyto(out, y)
+    lo, hi = (-np.inf, np.inf) if clamp is None else clamp
+    return _epilogue_kernel(out, vecs[0], vecs[1], vecs[2],
+                            _NONE_2D if residual is None else residual, np.float32(lo),
+                            np.float32(hi), bias is not None, scale is not None,
+                            residual is not None)
 
 
 # ------------------------------------------------------------------------------------------
-# Training: serial kernels on one chunk of a batch (archsim.parallel runs the chunks, one thread
+# Counter-based normal numbers: Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy
+# as 1, 2, 3", SC'11; the generator of Random123, cuRAND and JAX) turned into N(0, 1) by the
+# inverse normal CDF (Wichura, AS 241 PPND7, accurate to about 1e-7). A draw is a pure function of
+# (key, counter): any range of counters can be generated on any thread, in any order, with the
+# same numbers, and the loop vectorizes (about 1.2 ns per normal on one core, numpy's ziggurat
+# 7.6 ns). The key (64 bits) comes from a named stream; the counter says which draw it is.
+# ------------------------------------------------------------------------------------------
+
+_PHILOX_M0 = np.uint64(0xD2511F53)
+_PHILOX_M1 = np.uint64(0xCD9E8D57)
+_PHILOX_W0 = np.uint64(0x9E3779B9)
+_PHILOX_W1 = np.uint64(0xBB67AE85)
+_LO32 = np.uint64(0xFFFFFFFF)
+_SHIFT32 = np.uint64(32)
+
+
+@njit(**_FAST, inline="always")
+def _philox_round(c0, c1, c2, c3, k0, k1):
+    p0 = _PHILOX_M0 * c0
+    p1 = _PHILOX_M1 * c2
+    return (p1 >> _SHIFT32) ^ c1 ^ k0, p1 & _LO32, (p0 >> _SHIFT32) ^ c3 ^ k1, p0 & _LO32
+
+
+@njit(**_FAST, inline="always")
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32 with 10 rounds on 32-bit words held in uint64 (the 32x32 -> 64 products)."""
+    for _ in range(9):
+        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, k0, k1)
+        k0 = (k0 + _PHILOX_W0) & _LO32
+        k1 = (k1 + _PHILOX_W1) & _LO32
+    return _philox_round(c0, c1, c2, c3, k0, k1)
+
+
+# AS 241 PPND7 (Wichura 1988): rational approximations of the inverse normal CDF
+_A = (3.3871327179, 50.434271938, 159.29113202, 59.109374720)
+_B = (17.895169469, 78.757757664, 67.187563600)
+_C = (1.4234372777, 2.7568153900, 1.3067284816, 0.17023821103)
+_D = (0.73700164250, 0.12021132975)
+_f32 = np.float32
+
+
+@njit(**_FAST, inline="always")
+def _log_f32(x):
+    """Natural log of a positive normal float32 (Cephes logf: exponent from the bits, a degree-9
+    polynomial on the mantissa; within 2 ulp), written without calls so that loops vectorize."""
+    bits = np.float32(x).view(np.int32)
+    e = ((bits >> 23) & 0xff) - 126
+    m = np.int32((bits & 0x007fffff) | 0x3f000000).view(np.float32)      # [0.5, 1)
+    small = m < _f32(0.70710678)
+    e = e - np.int32(1) if small else e
+    m = (m + m - _f32(1.0)) if small else (m - _f32(1.0))
+    z = m * m
+    y = ((((((((_f32(7.0376836292e-2) * m - _f32(1.1514610310e-1)) * m
+               + _f32(1.1676998740e-1)) * m - _f32(1.2420140846e-1)) * m
+             + _f32(1.4249322787e-1)) * m - _f32(1.6668057665e-1)) * m
+           + _f32(2.0000714765e-1)) * m - _f32(2.4999993993e-1)) * m
+         + _f32(3.3333331174e-1)) * m * z
+    fe = _f32(e)
+    y = y + _f32(-2.12194440e-4) * fe - _f32(0.5) * z
+    return m + y + _f32(0.693359375) * fe
+
+
+@njit(**_FAST, inline="always")
+def _normal_of_word(w):
+    """A 32-bit word -> N(0, 1) float32: the low 31 bits m give p = (m + 1/2) / 2^32 in (0, 1/2)
+    and z = PPND7(p) = Phi^-1(p) < 0, negated when the top bit is set. |z| <= 6.34 (a normal
+    goes beyond 2.3e-10 of the time). PPND7's central and near-tail rational functions are both
+    evaluated and the numerator and denominator of one selected (one division, no branch: the
+    loop vectorizes); its far tail (p < 1e-11) is below the smallest p of 31 bits."""
+    m = np.int32(w & np.uint64(0x7FFFFFFF))
+    p = (_f32(m) + _f32(0.5)) * _f32(2.0 ** -32)
+    q = p - _f32(0.5)
+    r = _f32(0.180625) - q * q
+    num_c = q * (((_f32(_A[3]) * r + _f32(_A[2])) * r + _f32(_A[1])) * r + _f32(_A[0]))
+    den_c = ((_f32(_B[2]) * r + _f32(_B[1])) * r + _f32(_B[0])) * r + _f32(1.0)
+    s = np.sqrt(-_log_f32(p)) - _f32(1.6)
+    num_t = -((((_f32(_C[3]) * s + _f32(_C[2])) * s + _f32(_C[1])) * s + _f32(_C[0])))
+    den_t = (_f32(_D[1]) * s + _f32(_D[0])) * s + _f32(1.0)
+    central = q >= _f32(-0.425)
+    z = (num_c if central else num_t) / (den_c if central else den_t)
+    return -z if (w >> np.uint64(31)) else z
+
+
+@njit(**_FAST)
+def _normals_kernel(k0, k1, stream, start, out):
+    """out[4 i + j] = normal j of counter (start + i) for i < len(out) / 4 (len a multiple of 4)."""
+    s = np.uint64(stream) & _LO32
+    for i in range(out.shape[0] // 4):
+        g = np.uint64(start + i)
+        a, b, c, d = _philox4x32_10(g & _LO32, g >> _SHIFT32, s, np.uint64(0), k0, k1)
+        out[4 * i] = _normal_of_word(a)
+        out[4 * i + 1] = _normal_of_word(b)
+        out[4 * i + 2] = _normal_of_word(c)
+        out[4 * i + 3] = _normal_of_word(d)
+    return out
+
+
+def key_words(key: int) -> tuple[np.uint64, np.uint64]:
+    """A 64-bit key (e.g. ``rng.integers(2**64, dtype=np.uint64)`` of a named stream) as the two
+    32-bit Philox key words."""
+    key = int(key)
+    if not 0 <= key < 2 ** 64:
+        raise ValueError(f"key {key} is not a 64-bit unsigned integer")
+    return np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32)
+
+
+def philox4x32(counter: tuple[int, int, int, int], key: tuple[int, int]) -> tuple[int, ...]:
+    """The four 32-bit output words of Philox4x32-10 for one counter and key (for tests)."""
+    c = [np.uint64(v) for v in counter]
+    return tuple(int(v) for v in _philox_one(c[0], c[1], c[2], c[3], np.uint64(key[0]),
+                                               np.uint64(key[1])))
+
+
+@njit(**_FAST)
+def _philox_one(c0, c1, c2, c3, k0, k1):
+    return _philox4x32_10(c0, c1, c2, c3, k0, k1)
+
+
+@njit(**_FAST)
+def _normal_words(words, out):
+    for i in range(words.shape[0]):
+        out[i] = _normal_of_word(np.uint64(words[i]))
+    return out
+
+
+def normal_of_words(words: np.ndarray) -> np.ndarray:
+    """The normal numbers of 32-bit words (the transformation alone, for tests)."""
+    words = np.ascontiguousarray(words, np.uint32)
+    return _normal_words(words, np.empty(words.shape, np.float32))
+
+
+def normals_into(key: int, stream: int, start: int, out: np.ndarray) -> np.ndarray:
+    """Standard normal float32 numbers of counters ``start``, ``start + 1``, ... under ``key``
+    (64 bits) and ``stream`` (32 bits: e.g. a layer): 4 per counter, in counter order, filling
+    ``out`` (its length a multiple of 4). The same (key, stream, counter) always gives the same
+    numbers."""
+    if out.dtype != np.float32 or out.ndim != 1 or out.size % 4 or not out.flags.c_contiguous:
+        raise ValueError("normals_into: out must be contiguous float32 with a multiple of 4 values")
+    if not 0 <= stream < 2 ** 32 or start < 0:
+        raise ValueError("normals_into: stream must fit 32 bits and start be >= 0")
+    k0, k1 = key_words(key)
+    return _normals_kernel(k0, k1, stream, start, out)
+
+
+# ------------------------------------------------------------------------------------------
+# ADC with its output noise drawn inside, on a block of rows
+# ------------------------------------------------------------------------------------------
+
+@njit(**_FAST)
+def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residual, lo, hi,
+                     in_scale, bound, levels, sigma, k0, k1, stream, row_start, noise, acc,
+                     out, counts):
+    nb, rows, wb = y.shape
+    ncols = out.shape[1]
+    w4 = (wb + 3) // 4
+    step = bound / _f32(levels) if levels > 0 else _f32(0.0)
+    inv_step = _f32(levels) / bound if levels > 0 else _f32(0.0)
+    if sigma > 0.0:
+        # one normal per conversion (row, block, column), counter = ((row * B + b) * W4 + j / 4)
+        s = np.uint64(stream) & _LO32
+        base = row_start * nb * w4
+        for i in range(rows * nb * w4):
+            g = np.uint64(base + i)
+            a, b2, c, d = _philox4x32_10(g & _LO32, g >> _SHIFT32, s, np.uint64(0), k0, k1)
+            noise[4 * i] = _normal_of_word(a)
+            noise[4 * i + 1] = _normal_of_word(b2)
+            noise[4 * i + 2] = _normal_of_word(c)
+            noise[4 * i + 3] = _normal_of_word(d)
+    yf = y.ravel()
+    cf = colscale.ravel()
+    of = out.ravel()
+    rf = residual.ravel()
+    nc = np.uint64(ncols)
+    # per-column counters: the inner loops carry no horizontal reduction
+    clip_n = np.zeros(wb, np.int32)
+    zero_n = np.zeros(wb, np.int32)
+    if nb == 1 and cranges[0, 0] == 0 and cranges[0, 1] == ncols:
+        # one row block over all columns: convert and finish each row in one pass (the same
+        # operations: 0 + t is t, up to the sign of a zero that the offset add erases)
+        for p in range(rows):
+            yb = np.uint64(p * wb)
+            nz = np.uint64(p * w4 * 4)
+            ob = np.uint64(p) * nc
+            am = absmax[p, 0]
+            for j in range(nc):
+                v = yf[yb + j] * in_scale
+                if sigma > 0.0:
+                    v = v + sigma * noise[nz + j]
+                over = v > bound
+                under = v < -bound
+                v = bound if over else v
+                v = -bound if under else v
+                clip_n[j] += np.int32(over or under)
+                if levels > 0:
+                    v = np.rint(v * inv_step) * step
+                zero_n[j] += np.int32(v == 0.0)
+                v = (_f32(0.0) + v * am * cf[j]) + offset[j]
+                if use_residual:
+                    v = v + rf[ob + j]
+                v = lo if v < lo else v
+                v = hi if v > hi else v
+                of[ob + j] = v
+        counts[0] += clip_n.sum()
+        counts[1] += zero_n.sum()
+        return out
+    for i in range(np.uint64(rows) * nc):
+        acc[i] = 0.0
+    for b in range(nb):
+        c0 = np.uint64(cranges[b, 0])
+        width = np.uint64(cranges[b, 1] - cranges[b, 0])
+        cb = np.uint64(b * ncols) + c0
+        for p in range(rows):
+            yb = np.uint64((b * rows + p) * wb)
+            nz = np.uint64((p * nb + b) * w4 * 4)
+            ab = np.uint64(p) * nc + c0
+            am = absmax[p, b]
+            for j in range(width):
+                v = yf[yb + j] * in_scale
+                if sigma > 0.0:
+                    v = v + sigma * noise[nz + j]
+                over = v > bound
+                under = v < -bound
+                v = bound if over else v
+                v = -bound if under else v
+                clip_n[j] += np.int32(over or under)
+                if levels > 0:
+                    v = np.rint(v * inv_step) * step
+                zero_n[j] += np.int32(v == 0.0)
+                acc[ab + j] += v * am * cf[cb + j]
+    for p in range(rows):
+        ob = np.uint64(p) * nc
+        for n in range(nc):
+            v = acc[ob + n] + offset[n]
+            if use_residual:
+                v = v + rf[ob + n]
+            v = lo if v < lo else v
+            v = hi if v > hi else v
+            of[ob + n] = v
+    counts[0] += clip_n.sum()
+    counts[1] += zero_n.sum()
+    return out
+
+
+@njit(**_FAST)
+def _ranges_fit(ranges, ncols, width):
+    for b in range(ranges.shape[0]):
+        if ranges[b, 0] < 0 or ranges[b, 1] > ncols or ranges[b, 1] < ranges[b, 0] or (
+                ranges[b, 1] - ranges[b, 0] > width):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_f32(n: int) -> np.ndarray:
+    out = np.zeros(n, np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def adc_rows_into(y: np.ndarray, col_ranges: np.ndarray, absmax: np.ndarray,
+                  colscale: np.ndarray, out: np.ndarray, *, bound: float | None, bits: int | None,
+                  in_scale: float = 1.0, noise_sigma: float = 0.0, key: int = 0, stream: int = 0,
+                  row_start: int = 0, offset: np.ndarray | None = None,
+                  residual: np.ndarray | None = None, clamp: tuple[float, float] | None = None,
+                  counts: np.ndarray | None = None, scratch=None) -> np.ndarray:
+    """ADC of every conversion of a block of rows, digital sum of the row-block partial sums and
+    the layer's output stage, float32 throughout, in one pass.
+
+    ``y`` (B, P, W): the analog outputs of row block b for its columns ``col_ranges[b]`` = [c0, c1)
+    of the layer (in ``y[b, :, :c1 - c0]``); times ``in_scale`` they are in normalized units. Each
+    conversion gets output noise ``noise_sigma * z`` (z ~ N(0, 1), Philox counter
+    ((row_start + p) B + b) ceil(W / 4) + j // 4, word j % 4, under ``key`` and ``stream``: the same
+    conversion of the same row always draws the same number, however the rows are split into
+    blocks or threads), is clipped to +-``bound`` (None: no clip) and rounded to the signed levels
+    2^(bits-1) - 1 per side (None: no rounding), then multiplied by the input abs-max ``absmax``
+    (P, B) and the per-column factor ``colscale`` (B, N) and summed over the row blocks; plus
+    ``offset`` (N,), plus ``residual`` (P, N), clamped to ``clamp`` into ``out`` (P, N).
+    ``counts`` (2,) int64 accumulates the conversions that clipped and that read zero."""
+    nb, rows, wb = y.shape
+    ncols = out.shape[1]
+    if (y.dtype != np.float32 or out.dtype != np.float32 or out.shape[0] != rows
+            or not (y.flags.c_contiguous and out.flags.c_contiguous)):
+        raise ValueError(f"adc_rows_into: C-contiguous float32 y (B, P, W) and out (P, N) "
+                         f"expected, got {y.dtype} {y.shape} and {out.dtype} {out.shape}")
+    col_ranges = np.ascontiguousarray(col_ranges, np.int64)
+    if col_ranges.shape != (nb, 2) or not _ranges_fit(col_ranges, ncols, wb):
+        raise ValueError("adc_rows_into: column ranges do not fit y and out")
+    if absmax.dtype != np.float32 or absmax.shape != (rows, nb):
+        raise ValueError(f"adc_rows_into: absmax must be float32 {(rows, nb)}")
+    if (colscale.dtype != np.float32 or colscale.shape != (nb, ncols)
+            or not colscale.flags.c_contiguous):
+        raise ValueError(f"adc_rows_into: colscale must be C-contiguous float32 {(nb, ncols)}")
+    if bits is not None and bound is None:
+        raise ValueError("adc_rows_into: a quantizing ADC needs an output bound")
+    if offset is None:
+        offset = _zeros_f32(ncols)
+    elif offset.dtype != np.float32 or offset.shape != (ncols,):
+        raise ValueError(f"adc_rows_into: offset must be float32 ({ncols},)")
+    if residual is not None and (residual.dtype != np.float32 or residual.shape != out.shape
+                                 or not residual.flags.c_contiguous):
+        raise ValueError("adc_rows_into: residual must be C-contiguous float32 shaped like out")
+    if counts is None:
+        counts = np.zeros(2, np.int64)
+    elif counts.shape != (2,) or counts.dtype != np.int64:
+        raise ValueError("adc_rows_into: counts must be int64 (2,)")
+    if noise_sigma < 0 or row_start < 0:
+        raise ValueError("adc_rows_into: noise_sigma and row_start must be >= 0")
+    size = rows * nb * ((wb + 3) // 4) * 4 if noise_sigma > 0 else 4
+    if scratch is None:
+        noise, acc = np.empty(size, np.float32), np.empty(rows * ncols, np.float32)
+    else:
+        noise, acc = scratch("adc.noise", (size,)), scratch("adc.acc", (rows * ncols,))
+    k0, k1 = key_words(key)
+    lo, hi = (-np.inf, np.inf) if clamp is None else clamp
+    return _adc_rows_kernel(y, col_ranges, absmax, colscale, offset,
+                            _NONE_2D if residual is None else residual, residual is not None,
+                            np.float32(lo), np.float32(hi), np.float32(in_scale),
+                            np.float32(np.inf if bound is None else bound), levels_of(bits),
+                            np.float32(noise_sigma), k0, k1, stream, row_start, noise, acc, out,
+                            counts)
+
+
+# ------------------------------------------------------------------------------------------
+# One read of a layer's devices, and grouped products
+# ------------------------------------------------------------------------------------------
+
+@njit(**_FAST)
+def _read_kernel(g_pos, s_pos, g_neg, s_neg, noisy, noise_scale, per_us, order, k0, k1, stream,
+                 z, acc_pos, acc_neg, out):
+    d_count, k, n = g_pos.shape
+    n4 = (n + 3) // 4
+    s = np.uint64(stream) & _LO32
+    for pol in range(2):
+        g_all = g_pos if pol == 0 else g_neg
+        s_all = s_pos if pol == 0 else s_neg
+        acc = acc_pos if pol == 0 else acc_neg
+        for d in range(d_count):
+            if noisy:
+                base = (pol * d_count + d) * k * n4
+                for i in range(k * n4):
+                    g = np.uint64(base + i)
+                    a, b, c, e = _philox4x32_10(g & _LO32, g >> _SHIFT32, s, np.uint64(0), k0, k1)
+                    z[4 * i] = _normal_of_word(a)
+                    z[4 * i + 1] = _normal_of_word(b)
+                    z[4 * i + 2] = _normal_of_word(c)
+                    z[4 * i + 3] = _normal_of_word(e)
+            for r in range(k):
+                zr = r * n4 * 4
+                for j in range(n):
+                    v = g_all[d, r, j]
+                    if noisy:
+                        t = z[zr + j] * s_all[d, r, j]
+                        if noise_scale != 1.0:
+                            t = t * noise_scale
+                        v = t + v
+                        if v < 0.0:
+                            v = _f32(0.0)
+                    if d == 0:
+                        acc[r, j] = v
+                    else:
+                        acc[r, j] = acc[r, j] + v
+    for r in range(k):
+        src = order[r]
+        for j in range(n):
+            out[r, j] = (acc_pos[src, j] - acc_neg[src, j]) * per_us
+    return out
+
+
+def read_devices_into(pos: tuple[np.ndarray, np.ndarray], neg: tuple[np.ndarray, np.ndarray],
+                      per_us: float, order: np.ndarray, out: np.ndarray, *, key: int | None,
+                      stream: int = 0, noise_scale: float = 1.0) -> np.ndarray:
+    """One read of a layer's devices: per polarity (drifted conductance G_d, read-noise sigma),
+    each (D, K, N) float32, every device read as max(G_d + noise_scale sigma z, 0) (z ~ N(0, 1)
+    from Philox counter ((polarity D + d) K + k) ceil(N / 4) + n // 4 under ``key`` and ``stream``;
+    ``key=None``: no read noise), summed over the D devices of a polarity, G+ - G- times ``per_us``
+    (1 / (D g_max): normalized weights) into ``out`` (K, N) with its rows in ``order`` (row r of
+    ``out`` is weight row ``order[r]``)."""
+    g_pos, s_pos = pos
+    g_neg, s_neg = neg
+    shape = g_pos.shape
+    for a in (g_pos, s_pos, g_neg, s_neg):
+        if a.dtype != np.float32 or a.shape != shape or not a.flags.c_contiguous:
+            raise ValueError("read_devices_into: C-contiguous float32 (D, K, N) arrays expected")
+    d, k, n = shape
+    order = np.ascontiguousarray(order, np.int64)
+    if out.dtype != np.float32 or out.shape != (k, n) or order.shape != (k,):
+        raise ValueError(f"read_devices_into: out must be float32 {(k, n)} and order ({k},)")
+    if k and (order.min() < 0 or order.max() >= k):
+        raise ValueError("read_devices_into: order outside the rows")
+    noisy = key is not None
+    k0, k1 = key_words(key if noisy else 0)
+    z = np.empty(k * ((n + 3) // 4) * 4 if noisy else 4, np.float32)
+    acc_pos, acc_neg = np.empty((k, n), np.float32), np.empty((k, n), np.float32)
+    return _read_kernel(g_pos, s_pos, g_neg, s_neg, noisy, np.float32(noise_scale),
+                        np.float32(per_us), order, k0, k1, stream, z, acc_pos, acc_neg, out)
+
+
+@njit(**_FAST)
+def _grouped_kernel(x, r0, w, acc, out):
+    rows = x.shape[0]
+    taps, cg, ng, g_count = w.shape
+    cb = cg * g_count
+    k = x.shape[1]
+    xf = x.ravel()
+    wf = w.ravel()
+    af = acc.ravel()
+    gc = np.uint64(g_count)
+    for p in range(rows):
+        for i in range(np.uint64(ng) * gc):
+            af[i] = 0.0
+        for t in range(taps):
+            for c in range(cg):
+                src = np.uint64(p * k + r0 + t * cb + c)
+                for j in range(ng):
+                    wb = np.uint64(((t * cg + c) * ng + j) * g_count)
+                    ab = np.uint64(j) * gc
+                    for g in range(gc):
+                        af[ab + g] += xf[src + g * np.uint64(cg)] * wf[wb + g]
+        for g in range(g_count):
+            for j in range(ng):
+                out[p, g * ng + j] = acc[j, g]
+    return out
+
+
+def grouped_products_into(x: np.ndarray, r0: int, w: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Products of G whole groups held by one row block of a grouped conv: x (P, K) holds, from
+    column r0, the block's patch values tap by tap with the channels of its G groups side by side
+    (C/G each, :class:`archsim.layers.PatchLayout`); ``w`` (taps, C/G, N/G, G): the diagonal
+    blocks (:func:`archsim.layers.matrix.grouped_weights`). out[:, g N/G + j] = sum over taps and
+    the group's channels of x times w, float32, the sum over taps then channels; vectorized over
+    the groups (the RESET devices off the diagonal blocks add nothing and are skipped)."""
+    taps, cg, ng, g = w.shape
+    if x.dtype != np.float32 or w.dtype != np.float32 or out.dtype != np.float32:
+        raise TypeError("grouped_products_into: float32 arrays expected")
+    if (x.ndim != 2 or out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] < g * ng
+            or not 0 <= r0 <= x.shape[1] - taps * cg * g or not x.flags.c_contiguous
+            or not w.flags.c_contiguous):
+        raise ValueError(f"grouped_products_into: shapes x {x.shape}, w {w.shape}, out "
+                         f"{out.shape} and first column {r0} do not fit")
+    return _grouped_kernel(x, r0, w, np.empty((ng, g), np.float32), out)
+
+
+# ------------------------------------------------------------------------------------------
+# Training: serial kernels on one chunk of a batch (archsim.threads runs the chunks, one thread
 # per core, so none of these starts threads of its own); float32 and float64 alike (gradient
 # checks). Patches here are in (i, j, c) order (archsim.layers.ops.patches_hwc_into builds them);
 # the weights of a training pass are permuted to match (OHWI).

@@ -1,16 +1,20 @@
 """The network IR: a layer graph with shapes, MAC counts and the one graph walk that runs it.
 
 Layers are the registered kinds of :mod:`archsim.layers` (one class per kind); this module holds
-the graph (:class:`Network`: order, names, inputs, inferred shapes, parameters), :func:`walk` (the
-one traversal every pass uses: FP32 inference, the analog simulation through the hooks of
-:func:`forward`, and training in :mod:`archsim.training`), the built-in networks and
-:func:`fp32_logits`, the FP32 reference in the model's own input layout.
+the graph (:class:`Network`: order, names, inputs, inferred shapes, parameters), the graph walks
+- :func:`walk` (layer by layer: training in :mod:`archsim.training`, and :func:`forward` with
+user hooks) and :func:`infer` (inference: :func:`fusion_plan`'s fused steps on chunks of the
+batch, on the worker threads of :mod:`archsim.threads`; the FP32 pass and, through the hooks of
+:class:`~archsim.layers.Pass`, the analog one of :mod:`archsim.functional`) - the built-in
+networks and :func:`fp32_logits`, the FP32 reference in the model's own input layout.
 
 Activations are NHWC float32 arrays (N, H, W, C), or (N, F) after Flatten/GlobalAvgPool. A conv
-layer is computed GEMM-bound: im2col patches of K = Cin*kh*kw values in (c, i, j) order - the order
-of an OIHW kernel flattened - times the (K, N) weight matrix, for the whole batch in one matmul.
-That 2-D form is exactly what :mod:`archsim.mapping` places on crossbar arrays, and the functional
-simulation swaps the matmul for the analog one through the ``matmul`` hook of :func:`forward`.
+layer is a matrix layer: im2col patches of K = Cin*kh*kw values times the (K, N) weight matrix.
+In the (c, i, j) order of an OIHW kernel flattened, that 2-D form is exactly what
+:mod:`archsim.mapping` places on crossbar arrays (and what a ``matmul`` hook of :func:`forward`
+receives); inference passes write the patches tap-major instead (whole channel vectors,
+:class:`~archsim.layers.PatchLayout`) with the weights' rows in the same order - the same
+products summed in another order.
 
 Parameters live outside the graph, in a dict keyed ``<layer name>.<role>`` (PyTorch-style for the
 built-in networks: ``conv1.weight``, ``layer2.0.bn1.running_mean``, ``linear.bias``); each layer
@@ -25,10 +29,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from . import threads
 from .errors import WorkloadError
-from .layers import (INPUT, KINDS, BatchNorm, BatchnormHook, Layer, LayerError,  # noqa: F401
-                     MatmulHook, MatrixInputHook, MatrixLayer, MatrixView, ParamSpec, Pass,
-                     Workspace, batchnorm_affine, im2col, pool, shortcut_a)
+from .layers import (INPUT, KINDS, BatchNorm, BatchnormHook, Epilogue, Layer,  # noqa: F401
+                     LayerError, MatmulHook, MatrixInputHook, MatrixLayer, MatrixView, ParamSpec,
+                     Pass, Workspace, batchnorm_affine, im2col, pool, shortcut_a)
 
 LAYOUTS = ("NHWC", "NCHW")
 
@@ -45,6 +50,7 @@ class Network:
     input_layout: str = "NHWC"
     _shapes: dict = field(default=None, init=False, repr=False, compare=False)
     _index: dict = field(default=None, init=False, repr=False, compare=False)
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -197,6 +203,155 @@ def walk(net: Network, x: np.ndarray, step: Callable[[Layer, list], np.ndarray],
     return values[net.output]
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of an inference pass: ``layer`` on ``inputs``, producing the value ``output``.
+    A fused step is a matrix layer with the ``epilogue`` of the layers after it (``inputs``: the
+    matrix layer's input, then the residual operand of a fused Add); it runs where its last layer
+    stands in the graph order, when every operand exists."""
+    layer: Layer
+    inputs: tuple[str, ...]
+    output: str
+    epilogue: Epilogue | None = None
+
+
+def fusion_plan(net: Network, *, batchnorm: bool = True,
+                keep: Callable[[str], bool] | None = None) -> tuple[Step, ...]:
+    """The steps of an inference pass: each matrix layer with the chain after it that its output
+    stage can apply (BatchNorm -> residual Add -> ReLU/Clip, any of them, in that order; each
+    link the only consumer of the previous one, never a value ``keep`` asks for or the network
+    output), every other layer alone. ``batchnorm=False`` leaves BatchNorms unfused (a pass that
+    replaces them, e.g. with batch statistics)."""
+    key = (batchnorm,)
+    if keep is None and key in net._plans:
+        return net._plans[key]
+    users = net.consumers()
+    position = {layer.name: i for i, layer in enumerate(net.layers)}
+    fused_into: dict[str, str] = {}
+    chains: dict[str, Epilogue] = {}
+    for layer in net.layers:
+        if not layer.is_matrix:
+            continue
+        epi, tail = Epilogue(), layer.name
+        while len(users[tail]) == 1 and tail != net.output and not (keep and keep(tail)):
+            nxt = net.layer(users[tail][0])
+            part = nxt.epilogue_part(tail)
+            if part is None or (not batchnorm and "batchnorm" in part):
+                break
+            if "residual" in part and net.shape(part["residual"]) != net.shape(tail):
+                break
+            grown = epi.add(nxt, part)
+            if grown is None:
+                break
+            epi, tail = grown, nxt.name
+        if epi.layers:
+            chains[layer.name] = epi
+            for fused in epi.layers:
+                fused_into[fused.name] = layer.name
+    steps: list[tuple[int, Step]] = []
+    for layer in net.layers:
+        if layer.name in fused_into:
+            continue
+        epi = chains.get(layer.name)
+        if epi is None:
+            steps.append((position[layer.name], Step(layer, layer.inputs, layer.name)))
+        else:
+            inputs = layer.inputs + ((epi.residual,) if epi.residual is not None else ())
+            steps.append((position[epi.output], Step(layer, inputs, epi.output, epi)))
+    plan = tuple(step for _, step in sorted(steps, key=lambda item: item[0]))
+    if keep is None:
+        net._plans[key] = plan
+    return plan
+
+
+def run_steps(net: Network, x: np.ndarray, steps: tuple[Step, ...], run: Pass, *,
+              keep: Callable[[str], bool] | None = None) -> np.ndarray | dict[str, np.ndarray]:
+    """The inference walk over ``steps`` (:func:`fusion_plan`), each value freed after its last
+    use; like :func:`walk`, with ``keep`` it returns the values ``keep`` accepts (and the output)."""
+    values: dict[str, np.ndarray] = {INPUT: x}
+    refcount: dict[str, int] = {}
+    for step in steps:
+        for src in step.inputs:
+            refcount[src] = refcount.get(src, 0) + 1
+    kept: dict[str, np.ndarray] = {}
+    for step in steps:
+        xs = [values[s] for s in step.inputs]
+        if not step.layer.is_matrix or run.tape is not None:
+            out = step.layer.forward(xs, run)
+        else:
+            epi = step.epilogue
+            residual = xs[1] if epi is not None and epi.residual is not None else None
+            if run.fused_matmul is not None:
+                out = run.fused_matmul(step.layer, xs[0], epi, residual, run)
+            else:
+                out = step.layer.forward_fused(xs[0], epi, residual, run)
+        values[step.output] = out.astype(np.float32, copy=False)
+        if keep is not None and keep(step.output):
+            kept[step.output] = values[step.output]
+        for src in step.inputs:
+            refcount[src] -= 1
+            if refcount[src] == 0 and src != INPUT:
+                del values[src]
+    if keep is not None:
+        kept[net.output] = values[net.output]
+        return kept
+    return values[net.output]
+
+
+# images per chunk of an inference pass: about this many MACs, so that the per-layer Python work
+# is small beside the arithmetic and a chunk's activations stay in cache; the chunk count is a
+# multiple of CHUNK_MULTIPLE (near-equal chunks), so that 1, 2 or 4 threads get equal shares.
+# Neither depends on the thread count: the chunks, and so the numbers, are the same on any.
+CHUNK_MACS = 1_000_000_000
+CHUNK_MULTIPLE = 4
+
+
+def chunk_bounds(net: Network, batch: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    """[first, end) images of each chunk of a batch (``chunk``: images per chunk, else about
+    CHUNK_MACS each, the count rounded up to a multiple of CHUNK_MULTIPLE)."""
+    if chunk is not None:
+        size = max(1, int(chunk))
+        return [(i, min(batch, i + size)) for i in range(0, batch, size)]
+    per = max(1, CHUNK_MACS // max(1, net.total_macs()))
+    count = -(-batch // per)
+    count = min(batch, -(-count // CHUNK_MULTIPLE) * CHUNK_MULTIPLE)
+    edges = np.linspace(0, batch, count + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def infer(net: Network, x: np.ndarray, make_pass: Callable[[int, Workspace], Pass], *,
+          keep: Callable[[str], bool] | None = None, batchnorm_fusion: bool = True,
+          chunk: int | None = None, workspace: Workspace | None = None
+          ) -> np.ndarray | dict[str, np.ndarray]:
+    """An inference pass over the batch ``x``: split into chunks (:func:`chunk_bounds`: they
+    depend on the batch and the chunk size only), each walked
+    through the fused steps of :func:`fusion_plan` with ``make_pass(first image, workspace)``, on
+    the worker threads of :mod:`archsim.threads`. The results are the same on any number of
+    threads."""
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if n == 0:
+        empty = np.zeros((0,) + net.shape(net.output), np.float32)
+        return empty if keep is None else {net.output: empty}
+    steps = fusion_plan(net, batchnorm=batchnorm_fusion, keep=keep)
+    bounds = chunk_bounds(net, n, chunk)
+    count = len(bounds)
+    ws = workspace if workspace is not None else Workspace()
+    parts: list = [None] * count
+
+    def task(i: int, slot: int) -> None:
+        i0, i1 = bounds[i]
+        parts[i] = run_steps(net, x[i0:i1], steps, make_pass(i0, ws.worker(slot)), keep=keep)
+
+    with threads.inference_threads():
+        threads.run_chunks(task, count)
+    if count == 1:
+        return parts[0]
+    if keep is None:
+        return np.concatenate(parts)
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def matrix_input(layer: MatrixLayer, x: np.ndarray, workspace: Workspace | None = None) -> np.ndarray:
     """The 2-D input of a matrix layer: im2col patches for conv, the batch for linear."""
     return layer.matrix_input(x, workspace)
@@ -217,6 +372,10 @@ def forward(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray, *,
     calls (pass one when running many batches of one size). ``matrix_input_hook(layer, a,
     workspace)`` replaces :func:`matrix_input` (e.g. to build and quantize patches in one pass).
     """
+    if matmul is None and batchnorm is None and matrix_input_hook is None:
+        shared: dict = {}
+        return infer(net, x, lambda first, ws: Pass(params, ws, first_image=first, shared=shared),
+                     keep=keep, workspace=workspace)
     run = Pass(params, workspace if workspace is not None else Workspace(), matmul=matmul,
                matrix_input=matrix_input_hook, batchnorm=batchnorm)
     return walk(net, np.asarray(x, dtype=np.float32),

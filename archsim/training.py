@@ -15,7 +15,7 @@ noise of :mod:`archsim.functional` better.
 Each layer kind's training forward and backward live in its class (:mod:`archsim.layers`);
 this module walks the graph, runs the loss and the optimizer. Convolutions are GEMMs on im2col
 patches, built chunk by chunk of the batch in a core's cache and built again in the backward pass
-(:mod:`archsim.parallel` runs the chunks, one thread per core, BLAS single-threaded in each).
+(:mod:`archsim.threads` runs the chunks, one thread per core, BLAS single-threaded in each).
 Everything works in float32 for training and in float64 for the gradient checks of the tests.
 
 Randomness: one named stream per purpose (:data:`STREAMS`: initial weights, shuffling,
@@ -48,7 +48,7 @@ from .datasets import Dataset
 from .errors import ArchsimError
 from .layers import Pass, Tape
 from .network import INPUT, Network, Workspace, init_params, predict, walk
-from .parallel import Workers, training_threads
+from .threads import Workers, training_threads
 from .progress import Progress
 from .rng import Streams, named_rng
 

@@ -15,7 +15,7 @@ the process: a single-threaded run's CPU time hardly depends on what else runs, 
 the estimate for a quiet machine (onnxruntime's two threads spin-wait on each other and lose
 most of their speed when another process takes a core: 2,700 images/s alone, 600-900 beside
 other work, on this 2-core machine). ``--chunk-kib`` lists chunk sizes
-(archsim.parallel.CHUNK_BYTES) to compare within the same rounds. Also prints one training step
+(archsim.threads.CHUNK_BYTES) to compare within the same rounds. Also prints one training step
 split into forward and backward. numpy's OpenBLAS picks its GEMM kernels per CPU (printed);
 ``OPENBLAS_CORETYPE`` overrides the choice.
 """
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 if (REPO.parent / "shared" / "data").is_dir():
     os.environ.setdefault("ARCHSIM_DATA", str(REPO.parent / "shared" / "data"))
 
-from archsim import parallel  # noqa: E402
+from archsim import threads  # noqa: E402
 from archsim.datasets import load_cifar10  # noqa: E402
 from archsim.network import Workspace, forward  # noqa: E402
 from archsim.training import (TrainConfig, backward, forward_train, noisy_weights,  # noqa: E402
@@ -48,7 +48,7 @@ TARGET = 0.15
 
 def load() -> str:
     one, five, _ = os.getloadavg()
-    return f"load {one:.2f} (1 min) {five:.2f} (5 min) on {parallel.available_cores()} cores"
+    return f"load {one:.2f} (1 min) {five:.2f} (5 min) on {threads.available_cores()} cores"
 
 
 def blas() -> str:
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None,
                     help="training worker threads (default: one per available core)")
-    ap.add_argument("--chunk-kib", default=str(parallel.CHUNK_BYTES // 1024),
+    ap.add_argument("--chunk-kib", default=str(threads.CHUNK_BYTES // 1024),
                     help="comma-separated chunk sizes in KiB to compare (default: the shipped one)")
     args = ap.parse_args(argv)
 
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         forward(net, params, x, workspace=ws)
 
     def run_train(chunk_kib: int, workers: int | None, cpu: bool = False) -> float:
-        parallel.CHUNK_BYTES = chunk_kib * 1024
+        threads.CHUNK_BYTES = chunk_kib * 1024
         start = time.process_time()
         _, history = train(net, params, data, config, progress=False, workers=workers)
         if cpu:
@@ -171,12 +171,12 @@ def main(argv=None) -> int:
               f"{', '.join(f'{v:.3f}' for v in ratios)}) -> target >= {TARGET}: "
               f"{'met' if ratio >= TARGET else 'NOT met'}; one 50,000-image epoch: "
               f"{50000 / train_med / 60:.1f} min at this speed")
-    parallel.CHUNK_BYTES = chunk_sizes[0] * 1024
+    threads.CHUNK_BYTES = chunk_sizes[0] * 1024
 
     # one step split into forward and backward (after the rounds, same threads as train)
     rng = np.random.default_rng(0)
     x, y = nhwc[0], data.labels[:len(nhwc[0])]
-    with parallel.training_threads(args.workers) as workers:
+    with threads.training_threads(args.workers) as workers:
         for _ in range(3):
             t0 = time.perf_counter()
             noisy = noisy_weights(net, params, 0.038, rng)

@@ -329,7 +329,7 @@ def test_each_output_pixel_is_computed_on_its_copy():
     read = pc.at(86400.0, Streams(3)).read(np.random.default_rng(4))
     # silence copy 1: the pixels of columns 3..5 read zero, those of columns 0..2 do not
     quiet = dataclasses.replace(read.layers[copy_key("a", 1)],
-                                wn=np.zeros_like(read.layers["a"].wn))
+                                weights=np.zeros_like(read.layers["a"].weights))
     out = F.analog_forward(F.ChipRead(read.state, {**read.layers, copy_key("a", 1): quiet}), x)
     assert out.shape == (3, 4, 6, 8)
     assert (out[:, :, 3:] == 0).all() and (np.abs(out[:, :, :3]) > 0).mean() > 0.9

@@ -15,18 +15,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Runs the CLI with the fused im2col+DAC kernel preceded by a ~0.5 s parallel nogil numba kernel,
-# and says on stderr when it is inside it: the signal then lands in numba code, where it surfaces
+# Runs the CLI with the fused patches+DAC kernel preceded by a ~0.5 s serial nogil numba kernel
+# (serial: the kernel runs on archsim's worker threads, and numba's workqueue layer allows one
+# parallel region at a time), and says on stderr when it is inside it: the signal then lands in numba code, where it surfaces
 # as "SystemError: CPUDispatcher(...) returned a result with an exception set".
 DRIVER = r"""
 import sys, time
 import numba, numpy as np
 from archsim import cli, kernels
 
-@numba.njit(nogil=True, parallel=True)
+@numba.njit(nogil=True)
 def spin(n):
     acc = 0.0
-    for i in numba.prange(n):
+    for i in range(n):
         acc += np.sin(i * 1e-3)
     return acc
 
@@ -35,7 +36,7 @@ n = 1_000_000
 t = time.perf_counter()
 spin(n)
 n = int(n * 0.5 / max(time.perf_counter() - t, 1e-6))     # about half a second
-real = kernels._im2col_dac_kernel
+real = kernels._patches_dac_kernel
 
 def slow(*args):
     sys.stderr.write("inside numba kernel\n")
@@ -43,7 +44,7 @@ def slow(*args):
     spin(n)
     return real(*args)
 
-kernels._im2col_dac_kernel = slow
+kernels._patches_dac_kernel = slow
 sys.exit(cli.main(sys.argv[1:]))
 """
 

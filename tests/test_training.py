@@ -11,12 +11,12 @@ import pytest
 
 from archsim import network as nw
 from archsim.datasets import Dataset
-from archsim import parallel, training
+from archsim import threads, training
 from archsim.kernels import (batchnorm_grad_input_into, batchnorm_grad_sums_into,
                              channel_affine_into, channel_sums_into, col2im_hwc_into, col2im_into,
                              im2col_into)
 from archsim.layers.ops import patches_hwc_into
-from archsim.parallel import Workers, chunks
+from archsim.threads import Workers, chunks
 from archsim.network import INPUT, Layer, Network
 from archsim.training import (TrainConfig, TrainingError, augment_cifar, backward, clip_weights,
                               evaluate_fp32, forward_train, learning_rate, load_checkpoint,
@@ -300,7 +300,7 @@ def test_workers_run_every_chunk_once_and_raise_errors():
 
 def test_training_numbers_do_not_depend_on_the_worker_count(monkeypatch):
     """Small chunks (several per layer) on 1 and 3 workers: the same weights bit for bit."""
-    monkeypatch.setattr(parallel, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(threads, "CHUNK_BYTES", 2048)
     wl = load_workload("digits_cnn")
     cfg = TrainConfig(epochs=1, batch_size=32, max_images=96, seed=1)
     one, _ = train(wl.network, None, wl.dataset("train"), cfg, progress=False, workers=1)

@@ -28,11 +28,11 @@ groups on arrays and leaves the devices off the diagonal blocks unprogrammed (RE
 
 from __future__ import annotations
 
-from .base import (INPUT, ONNX_OPS, REGISTRY, BatchnormHook, Layer, LayerError,  # noqa: F401
-                   MatmulHook, MatrixInputHook, MatrixView, ParamSpec, Pass, Tape, Workspace,
-                   layer_class)
-from .ops import (batchnorm_affine, col2im_general, im2col, im2col_general, pool,  # noqa: F401
-                  shortcut_a)
+from .base import (INPUT, ONNX_OPS, REGISTRY, AffineHook, BatchnormHook, Epilogue,  # noqa: F401
+                   Layer, LayerError, MatmulHook, MatrixInputHook, MatrixView, ParamSpec, Pass,
+                   Tape, Workspace, layer_class)
+from .ops import (PatchLayout, batchnorm_affine, col2im_general, im2col,  # noqa: F401
+                  im2col_general, pool, shortcut_a)
 from .matrix import Conv2d, Linear, MatrixLayer  # noqa: F401
 from .pointwise import (BatchNorm, Clip, Elementwise, HardSigmoid, HardSwish,  # noqa: F401
                         LeakyRelu, Relu, Sigmoid, Tanh)

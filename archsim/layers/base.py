@@ -30,6 +30,16 @@ class Workspace:
 
     def __init__(self):
         self._buffers: dict[tuple, np.ndarray] = {}
+        self._workers: dict[int, "Workspace"] = {}
+
+    def worker(self, slot: int) -> "Workspace":
+        """The scratch memory of worker thread ``slot`` of an inference pass (0: this one)."""
+        if slot == 0:
+            return self
+        ws = self._workers.get(slot)
+        if ws is None:
+            ws = self._workers[slot] = Workspace()
+        return ws
 
     def get(self, key: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         full = (key, tuple(shape), np.dtype(dtype).str)
@@ -51,6 +61,47 @@ class Tape:
 MatmulHook = Callable[["MatrixLayer", np.ndarray], np.ndarray]
 MatrixInputHook = Callable[["MatrixLayer", np.ndarray, Workspace], np.ndarray]
 BatchnormHook = Callable[["BatchNorm", np.ndarray], np.ndarray]
+AffineHook = Callable[["BatchNorm"], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """The layers an inference pass fuses into a matrix layer's output stage (one read and one
+    write of the product instead of one per layer), applied in this order: the matrix layer's own
+    bias, a BatchNorm's per-channel affine, the other operand of a residual Add, a clamp (ReLU:
+    (0, inf); Clip). ``layers`` are the fused layers in graph order; the last one names the value
+    the fused step produces. Each part is one float32 operation in the order the layers would run
+    one by one, so fusing never changes a bit (:meth:`apply` runs them one by one)."""
+    layers: tuple["Layer", ...] = ()
+    batchnorm: "Layer | None" = None
+    residual: str | None = None
+    clamp: tuple[float, float] | None = None
+
+    @property
+    def output(self) -> str:
+        return self.layers[-1].name
+
+    def add(self, layer: "Layer", part: dict) -> "Epilogue | None":
+        """This epilogue extended by ``layer`` contributing ``part`` (one of batchnorm, residual,
+        clamp), or None when that part cannot follow the parts already fused."""
+        (what, value), = part.items()
+        later = {"batchnorm": (self.batchnorm, self.residual, self.clamp),
+                 "residual": (self.residual, self.clamp), "clamp": (self.clamp,)}[what]
+        if any(v is not None for v in later):
+            return None
+        return dataclasses.replace(self, layers=self.layers + (layer,), **{what: value})
+
+    def apply(self, out: np.ndarray, residual: np.ndarray | None, run: "Pass") -> np.ndarray:
+        """The fused layers run one by one on the product ``out`` (plain numpy)."""
+        for layer in self.layers:
+            if layer is self.batchnorm:
+                scale, offset = run.batchnorm_affine(layer)
+                out = out * scale + offset
+            elif self.residual is not None and layer.kind == "add":
+                out = out + residual
+            else:
+                out = layer.forward([out], run)
+        return out
 
 
 @dataclass
@@ -64,7 +115,7 @@ class Pass:
     Training (``tape`` given): every layer records on the tape what its backward needs,
     ``batch_statistics`` makes BatchNorm normalize with the batch's own statistics and ``weights``
     replaces weight matrices by parameter name (noise injection); ``dtype`` (float32, or float64 for
-    gradient checks) is kept throughout; ``workers`` (:class:`archsim.parallel.Workers`) runs the
+    gradient checks) is kept throughout; ``workers`` (:class:`archsim.threads.Workers`) runs the
     chunks of a batch that convolutions and BatchNorm split their training work into (None: one
     after the other in the calling thread, with the same numbers)."""
     params: Mapping[str, np.ndarray]
@@ -76,6 +127,14 @@ class Pass:
     tape: Tape | None = None
     batch_statistics: bool = False
     weights: Mapping[str, np.ndarray] | None = None
+    # inference passes (archsim.network.infer): a BatchNorm's (scale, offset) (default: from its
+    # running statistics), the fused matrix layer hook (layer, input, epilogue, residual, pass)
+    # -> output (default: the layer's own forward_fused), the first image of this chunk within
+    # the batch, and values computed once per call and shared by its chunks (e.g. weight layouts)
+    affine: AffineHook | None = None
+    fused_matmul: Callable | None = None
+    first_image: int = 0
+    shared: dict = field(default_factory=dict)
     workers: Any = None
 
     def run_chunks(self, fn: Callable[[int, int], None], count: int) -> None:
@@ -88,6 +147,24 @@ class Pass:
 
     def param(self, layer: "Layer", role: str) -> np.ndarray:
         return np.asarray(self.params[layer.param(role)], self.dtype)
+
+    def batchnorm_affine(self, layer: "Layer") -> tuple[np.ndarray, np.ndarray]:
+        """The inference affine (scale, offset) of a BatchNorm layer, float32."""
+        if self.affine is not None:
+            return self.affine(layer)
+        key = ("affine", layer.name)
+        out = self.shared.get(key)
+        if out is None:
+            from .ops import batchnorm_affine
+            out = self.shared[key] = batchnorm_affine(self.params, layer.name, layer.eps)
+        return out
+
+    def cached(self, key, make: Callable[[], Any]) -> Any:
+        """``make()`` once per pass (shared by its chunks; a race computes it twice, the same)."""
+        out = self.shared.get(key)
+        if out is None:
+            out = self.shared[key] = make()
+        return out
 
 
 class ParamSpec(NamedTuple):
@@ -299,6 +376,12 @@ class Layer(metaclass=_LayerMeta):
         """The last row of input ``in_index`` that output row ``r`` needs (unclamped), or None
         when it needs the whole input."""
         return r
+
+    def epilogue_part(self, producer: str) -> dict | None:
+        """What this layer contributes when an inference pass fuses it into the output stage of
+        the matrix layer chain ending at ``producer`` (its input): ``{"batchnorm": self}``,
+        ``{"residual": other input name}`` or ``{"clamp": (lo, hi)}``; None: not fusable."""
+        return None
 
     def input_row_first(self, r: int, in_index: int, in_shape) -> int:
         """The first row of input ``in_index`` that output row ``r`` needs (unclamped): the rows

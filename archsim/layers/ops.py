@@ -4,6 +4,7 @@ option-A shortcut and BatchNorm as a per-channel affine."""
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import numpy as np
@@ -113,3 +114,73 @@ def patches_hwc_into(x: np.ndarray, kernel: int, stride: int, padding: int, padd
         rows[:, :, :, i, :] = np.ndarray((n, ho, wo, kernel * c), padded.dtype, padded,
                                          offset=i * sy, strides=(sb, sy * stride, sx * stride, sc))
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def patch_layout(channels: int, taps: int,
+                 row_bounds: tuple[tuple[int, int], ...] | None = None,
+                 kernel_width: int = 1) -> "PatchLayout":
+    """The (cached) :class:`PatchLayout` of a conv input; ``row_bounds`` a tuple of pairs."""
+    return PatchLayout(channels, taps, row_bounds, kernel_width)
+
+
+class PatchLayout:
+    """Where each value of a conv patch sits in the patch rows of the fast kernels
+    (:func:`archsim.kernels.patches_into`), for a layer of ``channels`` inputs and ``taps`` kernel
+    positions whose natural (c, i, j) patch order is cut into row blocks ``row_bounds`` (the
+    crossbar arrays' rows; None: one block).
+
+    Within each row block the values go tap by tap, each tap's channels (those of the block)
+    contiguous: the kernel copies whole channel vectors instead of scattering every value (3-5x
+    faster), and every row block keeps its own set of values in one contiguous range - the
+    arrays hold the same weights in their rows, in another order. (A grouped conv's block of
+    whole groups then holds, per tap, the channels of all its groups side by side: its products
+    vectorize over the groups, see :func:`archsim.kernels.grouped_products_into`.)
+
+    - ``runs`` (R, 5) int64: (tap, first channel, end channel, first column, taps) per copy:
+      ``taps`` > 1 when the run covers that many neighbouring taps of one kernel row with all
+      the channels (``kernel_width``: taps per kernel row), one contiguous stretch of an NHWC
+      input row copied at once;
+    - ``order`` (K,): the natural index c * taps + t of each column (weights: ``w[order]``);
+    - ``bounds`` (B, 2): the row blocks as column ranges of this layout;
+    - ``block_channels`` (B, 2): the channels of each row block when it holds all the taps of
+      one channel range and nothing else (-1 where it does not)."""
+
+    def __init__(self, channels: int, taps: int, row_bounds=None, kernel_width: int = 1):
+        k = channels * taps
+        row_bounds = [(0, k)] if row_bounds is None else [tuple(map(int, b)) for b in row_bounds]
+        runs, order, bounds = [], [], []
+        block_channels = np.full((len(row_bounds), 2), -1, np.int64)
+        pos = 0
+        for bi, (r0, r1) in enumerate(row_bounds):
+            start = pos
+            spans = set()
+            for t in range(taps):
+                # channels c with r0 <= c * taps + t < r1
+                c_lo = max(0, -((t - r0) // taps))
+                c_hi = min(channels, (r1 - 1 - t) // taps + 1) if r1 - 1 - t >= 0 else 0
+                if c_hi <= c_lo:
+                    spans.add(None)
+                    continue
+                spans.add((c_lo, c_hi))
+                last = runs[-1] if runs and runs[-1][3] + runs[-1][4] * (
+                    runs[-1][2] - runs[-1][1]) == pos else None
+                if (last is not None and c_lo == 0 and c_hi == channels and last[1] == 0
+                        and last[2] == channels and t == last[0] + last[4]
+                        and t // kernel_width == last[0] // kernel_width):
+                    runs[-1] = last[:4] + (last[4] + 1,)
+                else:
+                    runs.append((t, c_lo, c_hi, pos, 1))
+                order.extend(c * taps + t for c in range(c_lo, c_hi))
+                pos += c_hi - c_lo
+            if len(spans) == 1 and None not in spans:
+                block_channels[bi] = spans.pop()
+            bounds.append((start, pos))
+        if pos != k or sorted(order) != list(range(k)):
+            raise ValueError(f"row bounds {row_bounds} do not partition the {k} patch values")
+        self.runs = np.array(runs, np.int64).reshape(-1, 5)
+        self.order = np.array(order, np.int64)
+        self.bounds = np.array(bounds, np.int64).reshape(-1, 2)
+        self.block_channels = block_channels
+        self.taps = taps
+        self.identity = bool(np.array_equal(self.order, np.arange(k)))

@@ -9,7 +9,6 @@ from typing import ClassVar
 import numpy as np
 
 from .base import Layer, ParamSpec
-from .ops import batchnorm_affine
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class BatchNorm(Layer):
         if run.tape is None:
             if run.batchnorm is not None:
                 return run.batchnorm(self, a)
-            scale, offset = batchnorm_affine(run.params, self.name, self.eps)
+            scale, offset = run.batchnorm_affine(self)
             return a * scale + offset
         dtype = run.dtype
         gamma = run.param(self, "weight")
@@ -63,7 +62,7 @@ class BatchNorm(Layer):
 
     @staticmethod
     def _row_chunks(a2):
-        from ..parallel import chunks
+        from ..threads import chunks
         return chunks(a2.shape[0], a2.shape[1] * a2.dtype.itemsize)
 
     def _forward_batch_stats(self, a, gamma, beta, run):
@@ -107,6 +106,9 @@ class BatchNorm(Layer):
                                                               *parts[i], dx), len(parts))
         grads = {"bias": sum_g.astype(a2.dtype), "weight": sum_gx.astype(a2.dtype)}
         return [dx.reshape(shape)], grads
+
+    def epilogue_part(self, producer):
+        return {"batchnorm": self}
 
     def backward(self, g, saved, need, run):
         if isinstance(saved[0], str):
@@ -171,6 +173,9 @@ class Relu(Elementwise):
     def fn(self, a):
         return np.maximum(a, 0)
 
+    def epilogue_part(self, producer):
+        return {"clamp": (0.0, math.inf)}
+
     def grad(self, a, out):
         return out > 0
 
@@ -207,7 +212,7 @@ class Relu(Elementwise):
 
 
 def _element_chunks(a1: np.ndarray) -> list[slice]:
-    from ..parallel import chunks
+    from ..threads import chunks
     return [slice(b0, b1) for b0, b1 in chunks(a1.size, a1.itemsize)]
 
 
@@ -226,6 +231,9 @@ class Clip(Elementwise):
 
     def fn(self, a):
         return np.clip(a, a.dtype.type(self.min), a.dtype.type(self.max))
+
+    def epilogue_part(self, producer):
+        return {"clamp": (self.min, self.max)}
 
     def grad(self, a, out):
         return (a > self.min) & (a < self.max)

@@ -102,6 +102,11 @@ class Add(Binary):
             return np.add(a, b, out=run.workspace.get("add-out/" + self.name, a.shape, a.dtype))
         return a + b
 
+    def epilogue_part(self, producer):
+        if self.constant_shape is not None or self.inputs[0] == self.inputs[1]:
+            return None
+        return {"residual": self.inputs[1] if self.inputs[0] == producer else self.inputs[0]}
+
     def backward(self, g, saved, need, run):
         return ([g] if self.constant_shape is not None else [g, g]), {}
 

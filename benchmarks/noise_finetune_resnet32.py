@@ -496,11 +496,14 @@ def main(argv=None) -> int:
             shutil.copyfile(logs["noise"]["weights"], SHIPPED)
             print(f"wrote {SHIPPED}", flush=True)
     if args.stage in ("all", "eval"):
-        networks = {"pretrained": pretrained}
+        # the trained networks first (the goal check needs noise and control), the pretrained
+        # starting point last
+        networks = {}
         for name in variants:
             weights = runs / name / "weights.npz"
             if weights.exists():
                 networks[name] = wl.load_params(weights)
+        networks["pretrained"] = pretrained
         for policy in args.mappings:          # hybrid first: the goal check needs only it
             for name, params in networks.items():
                 evaluate(name, params, policy, args, wl, test, train_set)

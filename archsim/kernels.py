@@ -568,6 +568,23 @@ def normals_into(key: int, stream: int, start: int, out: np.ndarray) -> np.ndarr
 # ADC with its output noise drawn inside, on a block of rows
 # ------------------------------------------------------------------------------------------
 
+@njit(**_FAST, inline="always")
+def _convert(y, z, in_scale, sigma, bound, levels, step, inv_step):
+    """One conversion: the analog value ``y`` (times ``in_scale``: normalized units) plus output
+    noise ``sigma * z`` (z ~ N(0, 1)), clipped to +-``bound``, rounded to ``levels`` per side (0: no rounding).
+    Returns the converted value and 1 if it clipped, else 0."""
+    v = y * in_scale
+    if sigma > 0.0:
+        v = v + sigma * z
+    over = v > bound
+    under = v < -bound
+    v = bound if over else v
+    v = -bound if under else v
+    if levels > 0:
+        v = np.rint(v * inv_step) * step
+    return v, np.int32(over or under)
+
+
 @njit(**_FAST)
 def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residual, lo, hi,
                      in_scale, bound, levels, sigma, k0, k1, stream, row_start, noise, acc,
@@ -579,15 +596,7 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
     inv_step = _f32(levels) / bound if levels > 0 else _f32(0.0)
     if sigma > 0.0:
         # one normal per conversion (row, block, column), counter = ((row * B + b) * W4 + j / 4)
-        s = np.uint64(stream) & _LO32
-        base = row_start * nb * w4
-        for i in range(rows * nb * w4):
-            g = np.uint64(base + i)
-            a, b2, c, d = _philox4x32_10(g & _LO32, g >> _SHIFT32, s, np.uint64(0), k0, k1)
-            noise[4 * i] = _normal_of_word(a)
-            noise[4 * i + 1] = _normal_of_word(b2)
-            noise[4 * i + 2] = _normal_of_word(c)
-            noise[4 * i + 3] = _normal_of_word(d)
+        _normals_kernel(k0, k1, stream, row_start * nb * w4, noise[:rows * nb * w4 * 4])
     yf = y.ravel()
     cf = colscale.ravel()
     of = out.ravel()
@@ -605,16 +614,10 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
             ob = np.uint64(p) * nc
             am = absmax[p, 0]
             for j in range(nc):
-                v = yf[yb + j] * in_scale
-                if sigma > 0.0:
-                    v = v + sigma * noise[nz + j]
-                over = v > bound
-                under = v < -bound
-                v = bound if over else v
-                v = -bound if under else v
-                clip_n[j] += np.int32(over or under)
-                if levels > 0:
-                    v = np.rint(v * inv_step) * step
+                z = noise[nz + j] if sigma > 0.0 else _f32(0.0)   # no noise: no buffer to read
+                v, clipped = _convert(yf[yb + j], z, in_scale, sigma, bound, levels, step,
+                                      inv_step)
+                clip_n[j] += clipped
                 zero_n[j] += np.int32(v == 0.0)
                 v = (_f32(0.0) + v * am * cf[j]) + offset[j]
                 if use_residual:
@@ -637,16 +640,10 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
             ab = np.uint64(p) * nc + c0
             am = absmax[p, b]
             for j in range(width):
-                v = yf[yb + j] * in_scale
-                if sigma > 0.0:
-                    v = v + sigma * noise[nz + j]
-                over = v > bound
-                under = v < -bound
-                v = bound if over else v
-                v = -bound if under else v
-                clip_n[j] += np.int32(over or under)
-                if levels > 0:
-                    v = np.rint(v * inv_step) * step
+                z = noise[nz + j] if sigma > 0.0 else _f32(0.0)   # no noise: no buffer to read
+                v, clipped = _convert(yf[yb + j], z, in_scale, sigma, bound, levels, step,
+                                      inv_step)
+                clip_n[j] += clipped
                 zero_n[j] += np.int32(v == 0.0)
                 acc[ab + j] += v * am * cf[cb + j]
     for p in range(rows):

@@ -225,6 +225,23 @@ def _square(pair):
     return pair[0] if all(v == pair[0] for v in pair) else pair
 
 
+class SquareView:
+    """The built-in networks' square view of a windowed layer's geometry (``kernel_shape``,
+    ``strides``, ``pads``): an int where all entries agree, else the tuple."""
+
+    @property
+    def kernel(self):
+        return _square(self.kernel_shape)
+
+    @property
+    def stride(self):
+        return _square(self.strides)
+
+    @property
+    def padding(self):
+        return _square(self.pads)
+
+
 def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Sum ``g`` over the axes numpy broadcast to reach its shape from ``shape``."""
     lead = g.ndim - len(shape)

@@ -7,8 +7,8 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from .base import (Epilogue, Layer, LayerError, MatrixView, ParamSpec, Pass, Workspace, _pads4,
-                   _pair, _square)
+from .base import (Epilogue, Layer, LayerError, MatrixView, ParamSpec, Pass, SquareView, Workspace,
+                   _pads4, _pair)
 from .ops import PatchLayout, col2im_general, im2col, im2col_general, patch_layout
 
 # patch rows per GEMM of the inference fast path: about this many bytes of patches, written into
@@ -157,7 +157,7 @@ def _grouped(cols: np.ndarray, w2: np.ndarray, groups: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Conv2d(MatrixLayer):
+class Conv2d(SquareView, MatrixLayer):
     """2-D convolution: OIHW weights ``(out, in/groups, kh, kw)``, optional bias; any kernel,
     strides, (top, left, bottom, right) pads, dilations and groups (depthwise: groups = in)."""
     kernel_shape: tuple[int, int] = (1, 1)
@@ -190,19 +190,6 @@ class Conv2d(MatrixLayer):
         if self.out_channels % self.groups:
             return f"{self.out_channels} output channels do not divide into {self.groups} groups"
         return None
-
-    # the built-in networks' square view of the geometry
-    @property
-    def kernel(self):
-        return _square(self.kernel_shape)
-
-    @property
-    def stride(self):
-        return _square(self.strides)
-
-    @property
-    def padding(self):
-        return _square(self.pads)
 
     @property
     def square(self) -> tuple[int, int, int] | None:

@@ -9,12 +9,12 @@ from typing import ClassVar
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .base import Layer, LayerError, _pads4, _pair, _square
+from .base import Layer, LayerError, SquareView, _pads4, _pair
 from .ops import pool
 
 
 @dataclass(frozen=True)
-class Pool(Layer):
+class Pool(SquareView, Layer):
     """Max or average pooling with any kernel, strides and (top, left, bottom, right) pads."""
     kernel_shape: tuple[int, int] = (1, 1)
     strides: tuple[int, int] = (1, 1)
@@ -40,18 +40,6 @@ class Pool(Layer):
         if max(self.pads[0], self.pads[2]) >= kh or max(self.pads[1], self.pads[3]) >= kw:
             return f"pads {self.pads} must be smaller than the kernel {self.kernel_shape}"
         return None
-
-    @property
-    def kernel(self):
-        return _square(self.kernel_shape)
-
-    @property
-    def stride(self):
-        return _square(self.strides)
-
-    @property
-    def padding(self):
-        return _square(self.pads)
 
     @property
     def padded(self) -> bool:

@@ -721,21 +721,6 @@ class BatchNormStats:
 _COPY_STREAMS = 1 << 16
 
 
-class _GrowingScratch:
-    """Scratch buffers of varying row counts (a copy's share of a block of rows): one flat buffer
-    per name, grown when a larger view is asked for; views of it in the shape asked."""
-
-    def __init__(self):
-        self._flat: dict = {}
-
-    def get(self, key: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-        size = int(np.prod(shape))
-        buf = self._flat.get((key, np.dtype(dtype).str))
-        if buf is None or buf.size < size:
-            buf = self._flat[(key, np.dtype(dtype).str)] = np.empty(size, dtype)
-        return buf[:size].reshape(shape)
-
-
 @dataclass(frozen=True)
 class _AnalogStage:
     """An analog layer's output stage in one pass: the per-column factor and offset the ADC pass
@@ -825,58 +810,55 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
         res = None
         if stage.residual:
             res = np.ascontiguousarray(residual, np.float32).reshape(rows, nout)
-        block = patch_block_rows(k)
-        first = run.first_image * ho * wo
-        blocks = -(-rows // block)
-        block_counts = np.zeros((blocks, 2), np.int64)
-        if lm is not None:
-            if lm.width != wo:
+        # the parts of the output: (read, stage, ADC noise stream, output columns) - one, or one
+        # per copy of a replicated layer (copy c computes the output columns copy_cols[c] of
+        # every output row, with its own read and its own noise stream). A part's rows are its
+        # pixels, (image, oy, ox) flattened; their ADC noise is counted by that index among the
+        # part's pixels, so it does not depend on blocks, chunks or threads.
+        if lm is None:
+            parts = [(lr, stage, stream_of[layer.name], (0, wo))]
+        else:
+            if lr.layout is None or lm.width != wo:
                 raise ValueError(f"{layer.name}: copies split {lm.width} output columns, the "
                                  f"layer has {wo}")
-            copy_of = np.empty(wo, np.int64)
-            for c, (w0, w1) in enumerate(lm.copy_cols):
-                copy_of[w0:w1] = c
-            scratch: dict = {}
+            parts = [(reads[c], copy_stages[c], stream_of[layer.name] + c * _COPY_STREAMS, cols)
+                     for c, cols in enumerate(lm.copy_cols)]
+        block = patch_block_rows(k)
+        tasks, outs, part_res = [], [], []
+        for pi, (_, _, _, (w0, w1)) in enumerate(parts):
+            part_rows = n * ho * (w1 - w0)
+            whole = len(parts) == 1
+            outs.append(out if whole else np.empty((part_rows, nout), np.float32))
+            part_res.append(res if whole or res is None else np.ascontiguousarray(
+                res.reshape(n * ho, wo, nout)[:, w0:w1]).reshape(part_rows, nout))
+            tasks += [(pi, r0, min(part_rows, r0 + block)) for r0 in range(0, part_rows, block)]
+        block_counts = np.zeros((len(tasks), 2), np.int64)
+        cap = max((r1 - r0 for _, r0, r1 in tasks), default=1)
+        see = None if observe is None else (lambda y, name=layer.name: observe(name, y))
 
         def rows_block(i: int, slot: int) -> None:
-            r0, r1 = i * block, min(rows, (i + 1) * block)
+            pi, r0, r1 = tasks[i]
+            part_read, part_stage, stream, (w0, w1) = parts[pi]
             bws = ws.worker(slot)
-            cols = bws.get("patches", (min(block, rows), k))[:r1 - r0]
-            absmax = bws.get("dac.absmax", (min(block, rows), len(lr.row_bounds)))[:r1 - r0]
+            cols = bws.get("patches", (cap, k))[:r1 - r0]
+            absmax = bws.get("dac.absmax", (cap, len(lr.row_bounds)))[:r1 - r0]
             if lr.layout is not None:
                 kernels.patches_dac_into(src, geom, r0, r1, lr.layout.runs, lr.bounds,
-                                         conv.dac_bits, cols, absmax)
+                                         conv.dac_bits, cols, absmax, cols=(w0, w1))
             else:
                 kernels.dac_quantize_into(src[r0:r1], lr.bounds, conv.dac_bits, cols, absmax)
-            see = None if observe is None else (lambda y, name=layer.name: observe(name, y))
-            if lm is None:
-                analog_rows(lr, cols, absmax, conv, out[r0:r1], colscale=stage.colscale,
-                            offset=stage.offset, key=key, stream=stream_of[layer.name],
-                            row_start=first + r0, workspace=bws,
-                            residual=None if res is None else res[r0:r1], clamp=stage.clamp,
-                            counts=block_counts[i], observe=see)
-                return
-            # each pixel on its copy: copy c takes the output columns copy_cols[c] of every
-            # output row. Its rows draw ADC noise from the copy's own stream, counted by the
-            # pixel's index among the copy's pixels (independent of blocks and chunks).
-            line, col = np.divmod(np.arange(first + r0, first + r1), wo)
-            which = copy_of[col]
-            flat = scratch.setdefault(slot, _GrowingScratch())
-            for c, (w0, w1) in enumerate(lm.copy_cols):
-                sel = np.flatnonzero(which == c)
-                if not len(sel):
-                    continue
-                out_c = flat.get("copy.out", (len(sel), nout))
-                cs = copy_stages[c]
-                analog_rows(reads[c], cols[sel], absmax[sel], conv, out_c, colscale=cs.colscale,
-                            offset=cs.offset, key=key,
-                            stream=stream_of[layer.name] + c * _COPY_STREAMS,
-                            row_start=int(line[sel[0]] * (w1 - w0) + col[sel[0]] - w0),
-                            workspace=flat, residual=None if res is None else res[r0 + sel],
-                            clamp=cs.clamp, counts=block_counts[i], observe=see)
-                out[r0 + sel] = out_c
+            analog_rows(part_read, cols, absmax, conv, outs[pi][r0:r1],
+                        colscale=part_stage.colscale, offset=part_stage.offset, key=key,
+                        stream=stream, row_start=run.first_image * ho * (w1 - w0) + r0,
+                        workspace=bws,
+                        residual=None if part_res[pi] is None else part_res[pi][r0:r1],
+                        clamp=part_stage.clamp, counts=block_counts[i], observe=see)
 
-        run_blocks(rows_block, blocks)
+        run_blocks(rows_block, len(tasks))
+        if len(parts) > 1:
+            grid = out.reshape(n * ho, wo, nout)
+            for pi, (_, _, _, (w0, w1)) in enumerate(parts):
+                grid[:, w0:w1] = outs[pi].reshape(n * ho, w1 - w0, nout)
         counts += block_counts.sum(axis=0)
         if stage.rest is not None or layer.bias:
             output_stage(out, stage.rest, None if residual is None else

@@ -226,17 +226,20 @@ def _dac_row_flat(of, oi, base, bounds, levels, absmax, p):
 
 
 @njit(**_FAST)
-def _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels, out, absmax):
+def _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels, out, absmax, col0, col1):
     _, h, w, c = x.shape
     k = out.shape[1]
-    sh, sw, pt, pl, ho, wo = geom[2], geom[3], geom[4], geom[5], geom[8], geom[9]
+    sh, sw, pt, pl, ho = geom[2], geom[3], geom[4], geom[5], geom[8]
     offsets = _run_offsets(geom, runs)
     xf = x.ravel()
     of = out.ravel()
     oi = of.view(np.int32)
-    b = row0 // (ho * wo)
-    oy = (row0 - b * ho * wo) // wo
-    ox = row0 - b * ho * wo - oy * wo
+    # rows are the output pixels of columns [col0, col1), (image, oy, ox) flattened
+    span = col1 - col0
+    line = row0 // span
+    b = line // ho
+    oy = line - b * ho
+    ox = col0 + row0 - line * span
     for row in range(row0, row1):
         p = row - row0
         base = np.uint64(p * k)
@@ -244,8 +247,8 @@ def _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels, out, absmax):
                         geom[7])
         _dac_row_flat(of, oi, base, bounds, levels, absmax, p)   # in cache: the DAC, in place
         ox += 1
-        if ox == wo:
-            ox = 0
+        if ox == col1:
+            ox = col0
             oy += 1
             if oy == ho:
                 oy = 0
@@ -272,12 +275,17 @@ def _runs_fit(runs, channels, kw, taps, k):
     return True
 
 
-def _check_patches(x, geom, row0, row1, runs, out, name):
+def _check_patches(x, geom, row0, row1, runs, out, name, cols=None):
     if x.dtype != np.float32 or out.dtype != np.float32 or not x.flags.c_contiguous:
         raise TypeError(f"{name}: C-contiguous float32 arrays expected")
     if geom.dtype != np.int64 or geom.shape != (10,):
         raise ValueError(f"{name}: geometry must be conv_geometry(...)")
-    rows = x.shape[0] * int(geom[8]) * int(geom[9])
+    width = int(geom[9])
+    if cols is not None:
+        if not 0 <= cols[0] < cols[1] <= width:
+            raise ValueError(f"{name}: output columns {cols} outside the {width} of the layer")
+        width = cols[1] - cols[0]
+    rows = x.shape[0] * int(geom[8]) * width
     if not 0 <= row0 <= row1 <= rows:
         raise ValueError(f"{name}: rows [{row0}, {row1}) outside the {rows} patch rows")
     if out.ndim != 2 or out.shape[0] < row1 - row0 or not out.flags.c_contiguous:
@@ -305,11 +313,13 @@ def patches_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs: np
 
 
 def patches_dac_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs: np.ndarray,
-                     bounds: np.ndarray, bits: int | None, out: np.ndarray, absmax: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     bounds: np.ndarray, bits: int | None, out: np.ndarray, absmax: np.ndarray,
+                     cols: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`patches_into` and the DAC of :func:`dac_quantize_into` (row blocks ``bounds`` of the
-    run layout's columns) in one pass: each row is quantized while it is in cache."""
-    _check_patches(x, geom, row0, row1, runs, out, "patches_dac_into")
+    run layout's columns) in one pass: each row is quantized while it is in cache. ``cols`` =
+    (w0, w1): only the output pixels of columns w0 .. w1-1 of every output row are rows (the
+    pixels one copy of a replicated layer computes), (image, oy, ox) flattened as before."""
+    _check_patches(x, geom, row0, row1, runs, out, "patches_dac_into", cols)
     bounds = np.ascontiguousarray(bounds, np.int64)
     if (absmax.dtype != np.float32 or absmax.ndim != 2 or absmax.shape[1] != len(bounds)
             or absmax.shape[0] < row1 - row0 or not absmax.flags.c_contiguous):
@@ -317,7 +327,9 @@ def patches_dac_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs
                          f"{len(bounds)} columns")
     if bounds.size and (bounds.min() < 0 or bounds.max() > out.shape[1]):
         raise ValueError("patches_dac_into: row bounds outside the patch")
-    _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels_of(bits), out, absmax)
+    col0, col1 = (0, int(geom[9])) if cols is None else (int(cols[0]), int(cols[1]))
+    _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels_of(bits), out, absmax, col0,
+                        col1)
     return out, absmax
 
 

@@ -136,6 +136,19 @@ def test_patches_are_im2col_in_the_layout_order(kernel, stride, pads, dilation, 
         kernels.patches_dac_into(x, geom, 0, rows, layout.runs, layout.bounds, bits, codes,
                                  codes_max)
         assert np.array_equal(codes, want) and np.array_equal(codes_max, want_max)
+        # the pixels of output columns [w0, w1) only (one copy's share), from any of them on
+        w0, w1 = (1, wo) if wo > 1 else (0, 1)
+        mine = (np.arange(rows) % wo >= w0) & (np.arange(rows) % wo < w1)
+        share = int(mine.sum())
+        part_codes = np.full((share - 2, 4 * taps), np.nan, np.float32)
+        part_max = np.empty((share - 2, len(layout.bounds)), np.float32)
+        kernels.patches_dac_into(x, geom, 2, share, layout.runs, layout.bounds, bits,
+                                 part_codes, part_max, cols=(w0, w1))
+        assert np.array_equal(part_codes, want[mine][2:])
+        assert np.array_equal(part_max, want_max[mine][2:])
+    with pytest.raises(ValueError):
+        kernels.patches_dac_into(x, geom, 0, 1, layout.runs, layout.bounds, 8, codes, codes_max,
+                                 cols=(0, wo + 1))
     with pytest.raises(ValueError):
         kernels.patches_into(x, geom, 0, rows + 1, layout.runs, got)
     with pytest.raises(ValueError):

@@ -291,6 +291,19 @@ def training_table(name: str, log: dict) -> list[str]:
     return lines + [""]
 
 
+def shown_paths(text: str, runs: Path) -> str:
+    """Paths as a reader of the report can follow them: the repository's relative (the runs
+    folder as given, also where it is a link to elsewhere), the data folder as
+    ``$ARCHSIM_DATA``."""
+    text = text.replace(str(runs.resolve()), str(runs))
+    text = text.replace(str(REPO) + "/", "")
+    data = os.environ.get("ARCHSIM_DATA")
+    if data:
+        text = text.replace(str(Path(data).resolve()) + "/", "$ARCHSIM_DATA/").replace(
+            data.rstrip("/") + "/", "$ARCHSIM_DATA/")
+    return text
+
+
 def render(runs: Path, out: Path, settings: dict, variants: list[str]) -> dict:
     logs = {}
     for name in variants:
@@ -337,10 +350,11 @@ def render(runs: Path, out: Path, settings: dict, variants: list[str]) -> dict:
     for name in networks:
         for policy, acc in evals[name].items():
             lines.append(f"- evaluation {name} / {policy}: {acc['seconds'] / 60:.1f} min")
-    text = "\n".join(lines) + "\n"
+    text = shown_paths("\n".join(lines) + "\n", runs)
     atomic_write_text(out, text)
     summary = {"settings": settings, "goal": goal, "training": logs, "evaluation": evals}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".json"),
+                      shown_paths(json.dumps(summary, indent=1) + "\n", runs))
     png = plot(evals, networks)
     if png is not None:
         atomic_write_bytes(out.with_suffix(".png"), png)
@@ -484,7 +498,7 @@ def main(argv=None) -> int:
         "evaluation": f"{len(test)} test images from {Path(test.source).name}, {args.chips} "
                       f"programmed chips per (network, mapping), {args.calib_images} AdaBS "
                       f"images from the training file, chip {args.chip}, mappings "
-                      f"{', '.join(MAPPINGS)}, per-read noise model of the chip file",
+                      f"{', '.join(args.mappings)}, per-read noise model of the chip file",
         "command": "python benchmarks/noise_finetune_resnet32.py "
                    + " ".join(argv if argv is not None else sys.argv[1:]),
     }

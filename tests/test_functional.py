@@ -284,3 +284,16 @@ def test_adc_output_noise_is_drawn_from_the_given_generator():
     with pytest.raises(ValueError, match="needs a generator"):
         F.analog_forward(read, x)                         # no silent default generator
     assert 0 < np.abs(a - q).max() < 0.5 * np.abs(q).max()
+
+
+def test_calibration_batches_mix_the_classes_of_a_class_sorted_file():
+    """AdaBS normalizes each calibration batch by its own statistics, so the subset comes in
+    random order: from a class-sorted file of 10 classes x 100 images, the first batch of 128
+    holds all 10 classes (in file order it held 2), and the subset is the same for the same seed."""
+    from archsim.datasets import Dataset
+    labels = np.repeat(np.arange(10), 100)
+    data = Dataset("sorted", np.zeros((1000, 2, 2, 1), np.uint8), labels, (0.0,), (1.0,), "x")
+    subset = F.calibration_subset(data, 500, seed=3)
+    assert len(subset) == 500 and len(np.unique(subset.labels[:128])) == 10
+    assert np.array_equal(subset.labels, F.calibration_subset(data, 500, seed=3).labels)
+    assert len(np.unique(F.calibration_subset(data, 1000, seed=3).labels[:128])) == 10

@@ -8,6 +8,8 @@ training set costs 150 MB, not 600 MB of float32. Normalization is the workload'
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import pickle
 import tarfile
@@ -46,9 +48,31 @@ class Dataset:
             sl = slice(start, start + batch_size)
             yield self.normalized(sl), self.labels[sl]
 
+    def with_images(self, images: np.ndarray) -> "Dataset":
+        """The same labels and normalization over other images (e.g. augmented ones)."""
+        return dataclasses.replace(self, images=images)
+
     def subset(self, index) -> "Dataset":
         return Dataset(self.name, self.images[index], self.labels[index], self.mean, self.std,
                        self.source)
+
+
+CROP_PADDING = 4             # CIFAR augmentation: random 32x32 crop of the 4-pixel zero-padded image
+
+
+def augment_cifar(images: np.ndarray, rng: np.random.Generator,
+                  padding: int = CROP_PADDING) -> np.ndarray:
+    """Random crop of the zero-padded images and random horizontal flip, per image (NHWC, any
+    dtype; padding is black, as torchvision pads the raw image before normalizing)."""
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    oy = rng.integers(0, 2 * padding + 1, n)
+    ox = rng.integers(0, 2 * padding + 1, n)
+    flip = rng.random(n) < 0.5
+    rows = oy[:, None] + np.arange(h)
+    cols_fwd = np.arange(w)
+    cols = ox[:, None] + np.where(flip[:, None], cols_fwd[::-1], cols_fwd)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def read_npz(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:

@@ -66,7 +66,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import kernels, threads
-from .datasets import Dataset
+from .datasets import Dataset, augment_cifar
 from .errors import ConfigError
 from .layers import Epilogue, PatchLayout, Pass
 from .layers.matrix import grouped_weights, output_stage, patch_block_rows, run_blocks
@@ -890,13 +890,18 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
 
 
 def adabs(state: ChipState, calib: Dataset, *, read_rng: np.random.Generator | None,
-          noise_rng: np.random.Generator | None, gdc: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
-          ) -> BatchNormStats:
+          noise_rng: np.random.Generator | None, gdc: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+          augment_rng: np.random.Generator | None = None) -> BatchNormStats:
     """AdaBS: run the calibration images through the drifted chip (each batch a read of its own
     from ``read_rng``; ADC noise from ``noise_rng``) with train-mode BatchNorm (each batch
     normalized by its own statistics), and re-estimate every BatchNorm's running mean and variance
     as the average over batches (PyTorch momentum=None, unbiased variance); return the refreshed
-    affine periphery."""
+    affine periphery. ``augment_rng``: each batch is augmented as in training first (CIFAR: random
+    crop of the zero-padded image and flip, :func:`archsim.datasets.augment_cifar`) - the
+    statistics a network's BatchNorms were trained with are those of augmented images, and
+    re-estimating them on plain ones costs accuracy by itself: on an ideal chip (exact arithmetic,
+    1,000 images, 1 day) the noise-trained ResNet-32 scored 87.05% after plain AdaBS and 89.14%
+    after augmented AdaBS, against 89.28% FP32 with its trained statistics."""
     net = state.chip.mapping.network
     params = state.chip.params
     sums: dict[str, list] = {l.name: [0.0, 0.0, 0] for l in net.batchnorm_layers()}
@@ -914,7 +919,12 @@ def adabs(state: ChipState, calib: Dataset, *, read_rng: np.random.Generator | N
         return (a * scale + offset).astype(np.float32)
 
     ws = Workspace()
-    for xb, _ in calib.batches(batch_size):
+    for start in range(0, len(calib), batch_size):
+        part = slice(start, start + batch_size)
+        if augment_rng is None:
+            xb = calib.normalized(part)
+        else:
+            xb = calib.with_images(augment_cifar(calib.images[part], augment_rng)).normalized()
         analog_forward(state.read(read_rng), xb, gdc=gdc, workspace=ws, noise_rng=noise_rng,
                        batchnorm=train_bn)
     out = {}
@@ -1052,14 +1062,16 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                       times_s=DEFAULT_TIMES_S, seeds: int = 5, compensations=COMPENSATIONS,
                       seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                       precision: str | None = None,
-                      on_progress: Callable[["AccuracyResult"], None] | None = None
-                      ) -> AccuracyResult:
+                      on_progress: Callable[["AccuracyResult"], None] | None = None,
+                      calib_augment: bool | None = None) -> AccuracyResult:
     """Monte Carlo accuracy vs. time: FP32 once, then for each mapping, each programmed chip
     (seed), each time after programming and each compensation, one pass over ``test`` (every batch
     a read of its own). AdaBS needs ``calib`` (training images; ``calib_images`` of them, also the
     source of the ADC-range calibration images). ``on_progress`` receives the partial result after
     every (chip, time) (e.g. to write a report as the run goes): ``seeds`` counts the finished
-    chips, each time's mean/std covers the chips that reached it."""
+    chips, each time's mean/std covers the chips that reached it. ``calib_augment``: AdaBS
+    augments its calibration batches as training did (None: for CIFAR-10, whose training
+    augments; see :func:`adabs`)."""
     times_s = tuple(float(t) for t in times_s)
     compensations = tuple(compensations)
     unknown = [c for c in compensations if c not in COMPENSATIONS]
@@ -1074,6 +1086,8 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
     if "gdc+adabs" in compensations and calib_set is None:
         raise ValueError("evaluate_accuracy: gdc+adabs needs calibration images (calib)")
     n_calib = len(calib_set) if calib_set is not None and "gdc+adabs" in compensations else 0
+    augment = (calib_augment if calib_augment is not None
+               else calib_set is not None and calib_set.name == "cifar10")
     passes = 1 + len(mappings) * seeds * len(times_s) * len(compensations)
     total = passes * len(test) + len(mappings) * seeds * len(times_s) * n_calib
     range_images = None
@@ -1127,7 +1141,8 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                         if comp == "gdc+adabs":
                             bn = adabs(state, calib_set, read_rng=ts("read", "adabs"),
                                        noise_rng=ts("adc-noise", "adabs"), gdc=True,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size,
+                                       augment_rng=ts("augment", "adabs") if augment else None)
                             bar.advance(n_calib, f"{policy} chip {k} at {format_time_s(t)} adabs")
                         note = f"{policy} chip {k} at {format_time_s(t)} {comp}"
                         per_comp[comp].append(test_pass(state, test, ts, comp, bn=bn,

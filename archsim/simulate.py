@@ -108,7 +108,7 @@ def accuracy_inputs(workload: Workload, *, test_images: int | None = None,
         test = test.subset(np.linspace(0, len(test), test_images, endpoint=False).astype(np.int64))
     calib = None
     if calibration and calib_images > 0:
-        # drawn here, once; evaluate_accuracy's own draw of all of them is the identity
+        # drawn here, once (evaluate_accuracy's own draw of all of them only reorders them)
         calib = functional.calibration_subset(workload.dataset("train"), calib_images, seed)
     return AccuracyInputs(params, test, calib)
 

@@ -44,7 +44,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .datasets import Dataset
+from .datasets import CROP_PADDING, Dataset, augment_cifar  # noqa: F401 (re-exported)
 from .errors import ArchsimError
 from .layers import Pass, Tape
 from .network import INPUT, Network, Workspace, init_params, predict, walk
@@ -59,7 +59,6 @@ STEP_MILESTONES = (0.5, 0.75)  # step schedule: lr / 10 at half and three quarte
 # digits CNN: 0.45 M MACs per image, one chunk per layer) hand-offs cost more than the GEMMs
 # (measured on 2 busy cores: 5 digits epochs 19 s with OpenBLAS threads, 2.8 s without).
 SINGLE_THREAD_MACS_PER_STEP = 200_000_000
-CROP_PADDING = 4             # CIFAR augmentation: random 32x32 crop of the 4-pixel zero-padded image
 # One random stream per purpose, under (seed, "train", name): switching noise injection off leaves
 # the shuffling and augmentation of a run as they were (a clean control run).
 STREAMS = ("init", "shuffle", "augment", "noise")
@@ -230,21 +229,6 @@ def clip_weights(net: Network, params: dict[str, np.ndarray], alpha: float) -> N
         w = params[pname]
         bound = alpha * float(w.std())
         np.clip(w, -bound, bound, out=w)
-
-
-def augment_cifar(images: np.ndarray, rng: np.random.Generator,
-                  padding: int = CROP_PADDING) -> np.ndarray:
-    """Random crop of the zero-padded images and random horizontal flip, per image (NHWC, any
-    dtype; padding is black, as torchvision pads the raw image before normalizing)."""
-    n, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    oy = rng.integers(0, 2 * padding + 1, n)
-    ox = rng.integers(0, 2 * padding + 1, n)
-    flip = rng.random(n) < 0.5
-    rows = oy[:, None] + np.arange(h)
-    cols_fwd = np.arange(w)
-    cols = ox[:, None] + np.where(flip[:, None], cols_fwd[::-1], cols_fwd)
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def _normalize(dataset: Dataset, raw: np.ndarray) -> np.ndarray:

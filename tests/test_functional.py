@@ -199,6 +199,38 @@ def test_adabs_matches_batch_statistics():
                                atol=1e-5)
 
 
+def test_adabs_augments_its_batches_as_training_does(monkeypatch):
+    """With ``augment_rng`` every calibration batch's raw images go through the training
+    augmentation before normalization (here a flip of the whole image stands in for it): the
+    statistics are those of the augmented images. evaluate_accuracy augments for CIFAR-10 only
+    (by default), from the (chip, time) stream tree."""
+    net, params, _ = digits_setup()
+    train = load_digits_split("train", (0.3,), (0.4,)).subset(slice(0, 100))
+    mp = map_network(chip("all-analog", **{"chip.device.model": "ideal"}), net)
+    pc = F.program_chip(mp, params, np.random.default_rng(0), precision=F.UNLIMITED)
+    seen = []
+
+    def flip(images, rng):
+        seen.append((len(images), images.dtype))
+        return images[:, :, ::-1]
+
+    monkeypatch.setattr(F, "augment_cifar", flip)
+    state = pc.at(25.0, np.random.default_rng(0))
+    bn = F.adabs(state, train, read_rng=None, noise_rng=None, batch_size=40,
+                 augment_rng=np.random.default_rng(1))
+    assert seen == [(40, train.images.dtype), (40, train.images.dtype), (20, train.images.dtype)]
+    flipped = train.with_images(train.images[:, :, ::-1])
+    want = F.adabs(state, flipped, read_rng=None, noise_rng=None, batch_size=40)
+    np.testing.assert_allclose(bn.affine["bn1"][0], want.affine["bn1"][0], rtol=1e-6)
+    plain = F.adabs(state, train, read_rng=None, noise_rng=None, batch_size=40)
+    assert not np.allclose(plain.affine["bn1"][1], bn.affine["bn1"][1])
+    seen.clear()
+    tiny_eval(0)                                             # digits: no augmentation
+    assert seen == []
+    tiny_eval(0, calib_augment=True)
+    assert seen
+
+
 def tiny_eval(seed, **kw):
     net = digits_cnn()
     params = random_params(net)

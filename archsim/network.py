@@ -24,8 +24,9 @@ knows the names and shapes it needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -186,21 +187,36 @@ def walk(net: Network, x: np.ndarray, step: Callable[[Layer, list], np.ndarray],
     """Run ``step(layer, inputs)`` over the graph in order, each activation freed after its last
     use. With ``keep``, returns every activation whose name it accepts (plus the output) instead of
     the output alone. The one traversal of every pass (FP32, analog, training)."""
+    return _evaluate(x, [(layer.name, layer.inputs, functools.partial(step, layer))
+                         for layer in net.layers], net.output, keep)
+
+
+Node = tuple[str, Sequence[str], Callable[[list], np.ndarray]]
+
+
+def _evaluate(x: np.ndarray, nodes: Sequence[Node], output: str,
+              keep: Callable[[str], bool] | None) -> np.ndarray | dict[str, np.ndarray]:
+    """``nodes`` (name, input names, compute(inputs)) in order from the network input ``x``, each
+    value freed after its last use; the ``output`` value, or with ``keep`` every value it accepts
+    (plus the output)."""
     values: dict[str, np.ndarray] = {INPUT: x}
-    refcount = {name: len(users) for name, users in net.consumers().items()}
+    refcount: dict[str, int] = {}
+    for _, inputs, _ in nodes:
+        for src in inputs:
+            refcount[src] = refcount.get(src, 0) + 1
     kept: dict[str, np.ndarray] = {}
-    for layer in net.layers:
-        values[layer.name] = step(layer, [values[s] for s in layer.inputs])
-        if keep is not None and keep(layer.name):
-            kept[layer.name] = values[layer.name]
-        for src in layer.inputs:
+    for name, inputs, compute in nodes:
+        values[name] = compute([values[s] for s in inputs])
+        if keep is not None and keep(name):
+            kept[name] = values[name]
+        for src in inputs:
             refcount[src] -= 1
             if refcount[src] == 0 and src != INPUT:
                 del values[src]
     if keep is not None:
-        kept[net.output] = values[net.output]
+        kept[output] = values[output]
         return kept
-    return values[net.output]
+    return values[output]
 
 
 @dataclass(frozen=True)
@@ -268,14 +284,8 @@ def run_steps(net: Network, x: np.ndarray, steps: tuple[Step, ...], run: Pass, *
               keep: Callable[[str], bool] | None = None) -> np.ndarray | dict[str, np.ndarray]:
     """The inference walk over ``steps`` (:func:`fusion_plan`), each value freed after its last
     use; like :func:`walk`, with ``keep`` it returns the values ``keep`` accepts (and the output)."""
-    values: dict[str, np.ndarray] = {INPUT: x}
-    refcount: dict[str, int] = {}
-    for step in steps:
-        for src in step.inputs:
-            refcount[src] = refcount.get(src, 0) + 1
-    kept: dict[str, np.ndarray] = {}
-    for step in steps:
-        xs = [values[s] for s in step.inputs]
+
+    def compute(step: Step, xs: list) -> np.ndarray:
         if not step.layer.is_matrix or run.tape is not None:
             out = step.layer.forward(xs, run)
         else:
@@ -285,17 +295,10 @@ def run_steps(net: Network, x: np.ndarray, steps: tuple[Step, ...], run: Pass, *
                 out = run.fused_matmul(step.layer, xs[0], epi, residual, run)
             else:
                 out = step.layer.forward_fused(xs[0], epi, residual, run)
-        values[step.output] = out.astype(np.float32, copy=False)
-        if keep is not None and keep(step.output):
-            kept[step.output] = values[step.output]
-        for src in step.inputs:
-            refcount[src] -= 1
-            if refcount[src] == 0 and src != INPUT:
-                del values[src]
-    if keep is not None:
-        kept[net.output] = values[net.output]
-        return kept
-    return values[net.output]
+        return out.astype(np.float32, copy=False)
+
+    return _evaluate(x, [(step.output, step.inputs, functools.partial(compute, step))
+                         for step in steps], net.output, keep)
 
 
 # images per chunk of an inference pass: about this many MACs, so that the per-layer Python work

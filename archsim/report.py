@@ -481,14 +481,20 @@ def accuracy_plot(acc: dict, title: str) -> bytes | None:
         ax.fill_between(times, [m - v for m, v in zip(mean, std)],
                         [m + v for m, v in zip(mean, std)], alpha=0.2, color=line.get_color())
     ax.axhline(100 * acc["fp32"], color="black", linestyle="--", label="FP32")
+    accuracy_time_axes(ax, times, title)
+    return _png(fig, plt)
+
+
+def accuracy_time_axes(ax, times, title: str, ylabel: str = "test accuracy (%)") -> None:
+    """The axes of every accuracy-vs-time plot: log time with the times as ticks ("25 s",
+    "1 d", ...), labels, title, a small legend and a light grid."""
     ax.set_xscale("log")
     ax.set_xticks(times, [format_time_s(t) for t in times])
     ax.set_xlabel("time after programming")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _png(fig, plt)
 
 
 def render_plots(report: dict) -> dict[str, bytes]:
@@ -682,13 +688,8 @@ def compare_plots(a: dict, b: dict) -> dict[str, bytes]:
                                 [m + v for m, v in zip(mean, std)], alpha=0.15,
                                 color=line.get_color())
         ax.axhline(100 * acc_a["fp32"], color="black", linestyle=":", label="FP32")
-        ax.set_xscale("log")
-        ax.set_xticks(times, [format_time_s(t) for t in times])
-        ax.set_xlabel("time after programming")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{a['workload']['name']}: {a['chip']['name']} vs {b['chip']['name']}")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        accuracy_time_axes(ax, times, f"{a['workload']['name']}: {a['chip']['name']} vs "
+                                      f"{b['chip']['name']}")
         out["compare_accuracy.png"] = _png(fig, plt)
     if a.get("energy") and b.get("energy"):
         fig, ax = plt.subplots(figsize=(8, 4.8))

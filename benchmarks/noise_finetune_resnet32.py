@@ -48,7 +48,7 @@ from archsim.cli import parse_times  # noqa: E402
 from archsim.config import load_chip  # noqa: E402
 from archsim.functional import DEFAULT_TIMES_S, AccuracyResult, evaluate_accuracy  # noqa: E402
 from archsim.mapping import map_network  # noqa: E402
-from archsim.report import format_time_s  # noqa: E402
+from archsim.report import accuracy_time_axes, format_time_s  # noqa: E402
 from archsim.training import (TrainConfig, checkpoint_path, evaluate_fp32,  # noqa: E402
                               load_checkpoint, train)
 from archsim.workloads import load_workload, save_weights  # noqa: E402
@@ -429,13 +429,8 @@ def plot(evals: dict, networks: list[str]) -> bytes | None:
                     ax.fill_between(times, [m - v for m, v in zip(mean, std)],
                                     [m + v for m, v in zip(mean, std)], alpha=0.2, color=color)
             ax.axhline(100 * acc["fp32"], color=color, linestyle=":", linewidth=1)
-        ax.set_xscale("log")
-        ax.set_xticks(times, [format_time_s(t) for t in times])
-        ax.set_xlabel("time after programming")
-        ax.set_ylabel("test accuracy (%)  (dotted: FP32)")
-        ax.set_title(f"ResNet-32 on PCM, {policy} mapping")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        accuracy_time_axes(ax, times, f"ResNet-32 on PCM, {policy} mapping",
+                           "test accuracy (%)  (dotted: FP32)")
     return _png(fig, plt)
 
 

@@ -1007,6 +1007,43 @@ class AccuracyResult:
                    d.get("adc_range", "fixed"),
                    tuple(AdcStats.from_dict(a) for a in d.get("adc_stats", ())))
 
+    @classmethod
+    def combine(cls, parts: Sequence["AccuracyResult"]) -> "AccuracyResult":
+        """One result of runs over disjoint chips of the same evaluation (``evaluate_accuracy``
+        with ``first_chip`` 0, 1, ...), chips in the order given: the numbers one run over all
+        of them gives. Parts of different evaluations (FP32, times, images, conventions,
+        mappings and compensations) are refused."""
+        if not parts:
+            raise ValueError("AccuracyResult.combine: no results given")
+        first = parts[0]
+
+        def settings(r: "AccuracyResult") -> tuple:
+            return (r.fp32, r.times_s, r.images, r.calib_images, r.read_noise, r.gdc_readout,
+                    r.adc_range, tuple((s.mapping, s.compensation) for s in r.series),
+                    tuple((a.mapping, a.t_s, tuple(x[0] for x in a.layers))
+                          for a in r.adc_stats))
+        for r in parts[1:]:
+            if settings(r) != settings(first):
+                raise ValueError("AccuracyResult.combine: the results are of different "
+                                 "evaluations (FP32, times, images, conventions, mappings, "
+                                 "compensations or analog layers differ)")
+        series = []
+        for j, s in enumerate(first.series):
+            rows = tuple(row for r in parts for row in r.series[j].per_seed)
+            cols = [[row[i] for row in rows if len(row) > i] for i in range(len(first.times_s))]
+            series.append(AccuracySeries(
+                s.mapping, s.compensation,
+                tuple(float(np.mean(c)) if c else float("nan") for c in cols),
+                tuple(float(np.std(c)) if c else float("nan") for c in cols), rows))
+        stats = tuple(
+            AdcStats(a.mapping, a.t_s, tuple(
+                (layer[0],) + tuple(sum(r.adc_stats[j].layers[i][f] for r in parts)
+                                    for f in (1, 2, 3))
+                for i, layer in enumerate(a.layers)))
+            for j, a in enumerate(first.adc_stats))
+        return dataclasses.replace(first, seeds=sum(r.seeds for r in parts),
+                                   series=tuple(series), adc_stats=stats)
+
 
 def _count_correct(logits_fn, data: Dataset, batch_size: int, bar: Progress | None, note: str) -> int:
     correct = 0
@@ -1063,7 +1100,7 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                       seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                       precision: str | None = None,
                       on_progress: Callable[["AccuracyResult"], None] | None = None,
-                      calib_augment: bool | None = None) -> AccuracyResult:
+                      calib_augment: bool | None = None, first_chip: int = 0) -> AccuracyResult:
     """Monte Carlo accuracy vs. time: FP32 once, then for each mapping, each programmed chip
     (seed), each time after programming and each compensation, one pass over ``test`` (every batch
     a read of its own). AdaBS needs ``calib`` (training images; ``calib_images`` of them, also the
@@ -1071,7 +1108,12 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
     every (chip, time) (e.g. to write a report as the run goes): ``seeds`` counts the finished
     chips, each time's mean/std covers the chips that reached it. ``calib_augment``: AdaBS
     augments its calibration batches as training did (None: for CIFAR-10, whose training
-    augments; see :func:`adabs`)."""
+    augments; see :func:`adabs`). ``first_chip``: the chips are ``first_chip`` ...
+    ``first_chip + seeds - 1`` (each chip's draws depend on its index alone), so runs over
+    disjoint chips combine (:meth:`AccuracyResult.combine`) into the numbers of one run over all
+    of them, bit for bit: a long table can be computed, saved and resumed chip by chip."""
+    if first_chip < 0:
+        raise ValueError(f"evaluate_accuracy: first_chip must be >= 0, got {first_chip}")
     times_s = tuple(float(t) for t in times_s)
     compensations = tuple(compensations)
     unknown = [c for c in compensations if c not in COMPENSATIONS]
@@ -1122,7 +1164,8 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                                   conv0.adc_range, stats)
 
         ws = Workspace()
-        for k in range(seeds):
+        for done in range(seeds):
+            k = first_chip + done
             for m, mp in enumerate(mappings):
                 policy = mp.chip.mapping.policy
                 streams = chip_streams(seed, policy, k)
@@ -1152,7 +1195,7 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
                     for name, c in pass_counts.items():
                         layer_counts.setdefault(name, np.zeros(3, np.int64))[:] += c
                     if on_progress is not None:
-                        on_progress(result(k))
+                        on_progress(result(done))
             if on_progress is not None:
-                on_progress(result(k + 1))
+                on_progress(result(done + 1))
     return result(seeds)

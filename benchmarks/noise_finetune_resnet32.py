@@ -10,9 +10,9 @@ with GDC + AdaBS. Writes reports/noise_finetune_resnet32.md (+ .json, + .png).
     python benchmarks/noise_finetune_resnet32.py --ship
 
 Everything resumes: each fine-tune checkpoints every epoch (archsim.training; a killed run loses
-at most the epoch it was in), each (network, mapping) evaluation is saved as JSON when done (and
-as a partial JSON after every programmed chip), so running the same command again continues where
-it stopped and rewrites the report. ``--stage train|eval|report`` runs one stage only.
+at most the epoch it was in), each (network, mapping, programmed chip) evaluation is saved as JSON
+when done (a killed run loses at most one chip), so running the same command again continues
+where it stopped and rewrites the report; a larger ``--chips`` adds chips to the saved ones. ``--stage train|eval|report`` runs one stage only.
 ``--ship`` copies the noise-trained weights to workloads/resnet32_cifar10_noise.npz.
 
 A follow-up variant is one more ``--variant`` (``NAME:eta=E,clip=A[,epochs=N][,lr=L]``): it
@@ -187,38 +187,66 @@ def finish(name, folder: Path, params: dict, log: dict, write_log) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# Stage 2: PCM evaluation, one (network, mapping) at a time
+# Stage 2: PCM evaluation, one (network, mapping, chip) at a time
 # ------------------------------------------------------------------------------------------
 
-def evaluate(network: str, params: dict, policy: str, args, wl, test, calib) -> dict:
-    """AccuracyResult (as a dict) of one network on one mapping; saved to
-    runs/eval/NETWORK__MAPPING.json when complete (``partial`` JSON while it runs)."""
-    path = Path(args.runs) / "eval" / f"{network}__{policy}.json"
+def chip_path(runs: Path, network: str, policy: str, chip: int) -> Path:
+    return Path(runs) / "eval" / f"{network}__{policy}" / f"chip{chip}.json"
+
+
+def evaluate(network: str, params: dict, policy: str, chip_index: int, args, wl, test,
+             calib) -> dict:
+    """AccuracyResult (as a dict) of one network on one mapping on programmed chip
+    ``chip_index`` (its draws depend on the index alone, so chips combine into the table of one
+    run over all of them); saved to runs/eval/NETWORK__MAPPING/chipK.json and reused while the
+    settings and weights are the same."""
+    path = chip_path(args.runs, network, policy, chip_index)
     settings = eval_settings(args) | {"weights": params_digest(params)}
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("complete") and saved.get("settings") == settings:
+        if saved.get("settings") == settings:
             return saved["accuracy"]
     chip = load_chip(args.chip).with_mapping(policy)
     mapping = map_network(chip, wl.network)
     start = time.perf_counter()
-
-    def save(result: AccuracyResult, complete: bool = False) -> None:
-        atomic_write_text(path, json.dumps({
-            "network": network, "mapping": policy, "complete": complete,
-            "settings": settings, "seconds": time.perf_counter() - start,
-            "accuracy": result.to_dict()}, indent=1) + "\n")
-
-    print(f"[{time.strftime('%H:%M:%S')}] evaluating {network} on {policy}: {len(test)} images, "
-          f"{args.chips} chips, times {args.times}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] evaluating {network} on {policy}, chip {chip_index}: "
+          f"{len(test)} images, times {args.times}", flush=True)
     result = evaluate_accuracy([mapping], params, test, calib=calib,
-                               calib_images=args.calib_images, times_s=args.times,
-                               seeds=args.chips, compensations=COMPENSATIONS, seed=args.seed,
-                               progress=not args.quiet, on_progress=save)
-    save(result, complete=True)
-    print(f"[{time.strftime('%H:%M:%S')}] {network} on {policy} done in "
-          f"{(time.perf_counter() - start) / 60:.1f} min", flush=True)
+                               calib_images=args.calib_images, times_s=args.times, seeds=1,
+                               first_chip=chip_index, compensations=COMPENSATIONS,
+                               seed=args.seed, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    atomic_write_text(path, json.dumps({
+        "network": network, "mapping": policy, "chip": chip_index, "settings": settings,
+        "seconds": seconds, "accuracy": result.to_dict()}, indent=1) + "\n")
+    print(f"[{time.strftime('%H:%M:%S')}] {network} on {policy}, chip {chip_index} done in "
+          f"{seconds / 60:.1f} min", flush=True)
     return result.to_dict()
+
+
+def load_evaluations(runs: Path) -> dict[str, dict[str, dict]]:
+    """network -> mapping -> the combined result (as a dict, with its total ``seconds``) of the
+    saved chips 0, 1, ... that share chip 0's settings (a chip of an older run is left out)."""
+    evals: dict[str, dict] = {}
+    for folder in sorted((Path(runs) / "eval").glob("*__*")):
+        if not folder.is_dir():
+            continue
+        saved = []
+        for k in range(len(list(folder.glob("chip*.json")))):
+            path = folder / f"chip{k}.json"
+            if not path.exists():
+                break
+            chip = json.loads(path.read_text())
+            if saved and chip["settings"] != saved[0]["settings"]:
+                break
+            saved.append(chip)
+        if not saved:
+            continue
+        combined = AccuracyResult.combine(
+            [AccuracyResult.from_dict(c["accuracy"]) for c in saved])
+        evals.setdefault(saved[0]["network"], {})[saved[0]["mapping"]] = dict(
+            combined.to_dict(), seconds=sum(c["seconds"] for c in saved))
+    return evals
 
 
 def params_digest(params: dict) -> str:
@@ -230,8 +258,7 @@ def params_digest(params: dict) -> str:
 
 
 def eval_settings(args) -> dict:
-    return {"chip": str(args.chip), "test_images": args.test_images, "chips": args.chips,
-            "times_s": list(args.times), "calib_images": args.calib_images, "seed": args.seed,
+    return {"chip": str(args.chip), "test_images": args.test_images, "times_s": list(args.times), "calib_images": args.calib_images, "seed": args.seed,
             "compensations": list(COMPENSATIONS)}
 
 
@@ -310,11 +337,7 @@ def render(runs: Path, out: Path, settings: dict, variants: list[str]) -> dict:
         p = runs / name / "epochs.json"
         if p.exists():
             logs[name] = json.loads(p.read_text())
-    evals: dict[str, dict] = {}
-    for p in sorted((runs / "eval").glob("*__*.json")):
-        saved = json.loads(p.read_text())
-        evals.setdefault(saved["network"], {})[saved["mapping"]] = dict(
-            saved["accuracy"], complete=saved["complete"], seconds=saved["seconds"])
+    evals = load_evaluations(runs)
     networks = [n for n in ["pretrained"] + variants if n in evals]
     goal = goal_check(evals)
     lines = ["# A noise-trained ResNet-32 on PCM: accuracy vs time (CIFAR-10, JPEG test set)", ""]
@@ -334,8 +357,7 @@ def render(runs: Path, out: Path, settings: dict, variants: list[str]) -> dict:
                 cells = [f"{100 * m:.2f} ± {100 * d:.2f}" if m == m else "not run"
                          for m, d in zip(s["mean"], s["std"])]
                 lines.append(f"| {name} | {comp} | {100 * acc['fp32']:.2f} | "
-                             + " | ".join(cells) + f" | {acc['seeds']}"
-                             + ("" if acc["complete"] else " (partial)") + " |")
+                             + " | ".join(cells) + f" | {acc['seeds']} |")
         lines.append("")
     lines += drop_lines(evals, networks)
     lines += ["## The fine-tunes", ""]
@@ -490,8 +512,9 @@ def main(argv=None) -> int:
                               + (f", {v['epochs']} epochs" if "epochs" in v else "")
                               + (f", lr {v['lr']:g}" if "lr" in v else "")
                               for k, v in variants.items()),
-        "evaluation": f"{len(test)} test images from {Path(test.source).name}, {args.chips} "
-                      f"programmed chips per (network, mapping), {args.calib_images} AdaBS "
+        "evaluation": f"{len(test)} test images from {Path(test.source).name}, programmed "
+                      f"chips per (network, mapping): the tables' chips column (each chip saved "
+                      f"on its own; chip k's draws depend on k alone), {args.calib_images} AdaBS "
                       f"images from the training file, chip {args.chip}, mappings "
                       f"{', '.join(args.mappings)}, per-read noise model of the chip file",
         "command": "python benchmarks/noise_finetune_resnet32.py "
@@ -513,9 +536,12 @@ def main(argv=None) -> int:
             if weights.exists():
                 networks[name] = wl.load_params(weights)
         networks["pretrained"] = pretrained
-        for policy in args.mappings:          # hybrid first: the goal check needs only it
-            for name, params in networks.items():
-                evaluate(name, params, policy, args, wl, test, train_set)
+        # hybrid first (the goal check needs only it), chip by chip over the networks, so a run
+        # stopped early still compares them on the same chips
+        for policy in args.mappings:
+            for k in range(args.chips):
+                for name, params in networks.items():
+                    evaluate(name, params, policy, k, args, wl, test, train_set)
     render(runs, out, settings, list(variants))
     print(out.read_text())
     return 0

@@ -69,12 +69,15 @@ def _eval_json(folder, network, mapping, fp32, gdc_adabs, stds, times=(25.0, 864
         series.append({"mapping": mapping, "compensation": comp, "mean": mean, "std": list(stds),
                        "per_seed": [[m - s for m, s in zip(mean, stds)],
                                     [m + s for m, s in zip(mean, stds)]]})
-    acc = {"fp32": fp32, "times_s": list(times), "seeds": 2, "images": 100, "calib_images": 10,
-           "series": series}
-    (folder / "eval").mkdir(parents=True, exist_ok=True)
-    (folder / "eval" / f"{network}__{mapping}.json").write_text(json.dumps(
-        {"network": network, "mapping": mapping, "complete": True, "seconds": 60.0,
-         "accuracy": acc}))
+    chips = folder / "eval" / f"{network}__{mapping}"
+    chips.mkdir(parents=True, exist_ok=True)
+    for k in range(2):
+        acc = {"fp32": fp32, "times_s": list(times), "seeds": 1, "images": 100,
+               "calib_images": 10, "series": [dict(s, per_seed=[s["per_seed"][k]])
+                                              for s in series]}
+        (chips / f"chip{k}.json").write_text(json.dumps(
+            {"network": network, "mapping": mapping, "chip": k, "settings": {"times": times},
+             "seconds": 30.0, "accuracy": acc}))
 
 
 def test_noise_finetune_goal_check_and_report(tmp_path):
@@ -97,6 +100,13 @@ def test_noise_finetune_goal_check_and_report(tmp_path):
     assert "**Goal (Joshi et al. 2020): met.**" in md
     assert "| noise | gdc+adabs | 88.00 | 87.50 ± 0.20 | 87.30 ± 0.50 | 2 |" in md
     assert "## Mapping `all-analog`" in md and (tmp_path / "report.json").exists()
+    # a chip left from a run with other settings is not combined with these
+    import json
+    stale = json.loads((runs / "eval" / "noise__hybrid" / "chip1.json").read_text())
+    stale["settings"] = {"times": "other"}
+    (runs / "eval" / "noise__hybrid" / "chip2.json").write_text(json.dumps(stale))
+    assert script.render(runs, out, {}, ["noise", "control"])["goal"] == goal
+    assert "| noise | gdc+adabs | 88.00 | 87.50 ± 0.20 | 87.30 ± 0.50 | 2 |" in out.read_text()
     # the noise network 1.5 points below its FP32 and only 0.3 above the control
     _eval_json(runs, "noise", "hybrid", 0.880, (0.875, 0.865), (0.002, 0.005))
     _eval_json(runs, "control", "hybrid", 0.880, (0.86, 0.862), (0.004, 0.004))
@@ -136,7 +146,7 @@ def test_noise_finetune_pipeline_at_tiny_size(tmp_path):
             "--out", str(tmp_path / "r.md"), "--quiet"]
     script.main(argv)
     first = (tmp_path / "r.json").read_text()
-    assert len(list((tmp_path / "runs" / "eval").glob("*.json"))) == 6
+    assert len(list((tmp_path / "runs" / "eval").glob("*__*/chip0.json"))) == 6
     script.main(argv)                      # all done: nothing reruns, same numbers
     import json
     a, b = json.loads(first), json.loads((tmp_path / "r.json").read_text())

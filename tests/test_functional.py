@@ -237,8 +237,26 @@ def tiny_eval(seed, **kw):
     test = load_digits_split("test", (0.3,), (0.4,)).subset(slice(0, 40))
     train = load_digits_split("train", (0.3,), (0.4,))
     mps = [map_network(chip("hybrid"), net), map_network(chip("all-analog"), net)]
-    return F.evaluate_accuracy(mps, params, test, calib=train, calib_images=30, times_s=(25.0, 1e6),
-                               seeds=2, seed=seed, batch_size=16, progress=False, **kw)
+    kw = {"seeds": 2, "times_s": (25.0, 1e6)} | kw
+    return F.evaluate_accuracy(mps, params, test, calib=train, calib_images=30, seed=seed,
+                               batch_size=16, progress=False, **kw)
+
+
+def test_evaluate_accuracy_chip_by_chip_combines_to_one_run():
+    """Chips 0 and 1 evaluated one at a time and combined give the two-chip run bit for bit
+    (per-chip rows, means, stds, ADC counts): a long table can be saved and resumed by chip."""
+    whole = tiny_eval(0)
+    parts = [tiny_eval(0, seeds=1), tiny_eval(0, seeds=1, first_chip=1)]
+    assert parts[0].series[0].per_seed != parts[1].series[0].per_seed
+    assert F.AccuracyResult.combine(parts) == whole
+    assert F.AccuracyResult.combine(parts[::-1]) != whole           # chip order is kept
+    assert F.AccuracyResult.combine([whole]) == whole
+    assert whole.adc_stats[0].layers[0][1] == 2 * parts[0].adc_stats[0].layers[0][1]
+    other = tiny_eval(0, seeds=1, first_chip=1, times_s=(25.0,))
+    with pytest.raises(ValueError, match="different evaluations"):
+        F.AccuracyResult.combine([parts[0], other])
+    with pytest.raises(ValueError, match="first_chip"):
+        tiny_eval(0, seeds=1, first_chip=-1)
 
 
 def test_evaluate_accuracy_reproducible_and_shaped():

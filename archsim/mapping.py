@@ -213,6 +213,8 @@ class ReplicationPlan:
     arrays_saved_by_layer_packing: int = 0
 
     def lines(self) -> list[str]:
+        if not self.copies:
+            return ["replication: no analog layers on this mapping, nothing to replicate"]
         mode = {"none": "none (one copy per layer)", "auto": "auto (pipeline balancing)",
                 "explicit": "as configured"}[self.mode]
         out = [f"replication: {mode}; packing: {self.packing}; "

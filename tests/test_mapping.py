@@ -182,6 +182,8 @@ def test_all_analog_policy(resnet32, pcm):
 def test_digital_fp32_chip(resnet32):
     m = map_network(load_chip("digital_fp32"), resnet32)
     assert m.arrays_needed == 0 and m.arrays_available == 0 and len(m.digital_layers) == 32
+    assert m.plan.lines() == ["replication: no analog layers on this mapping, nothing to "
+                              "replicate"]
 
 
 def test_overrides_win_over_policy(resnet32, pcm):

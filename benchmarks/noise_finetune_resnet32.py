@@ -218,7 +218,7 @@ def evaluate(network: str, params: dict, policy: str, chip_index: int, args, wl,
     seconds = time.perf_counter() - start
     atomic_write_text(path, json.dumps({
         "network": network, "mapping": policy, "chip": chip_index, "settings": settings,
-        "seconds": seconds, "accuracy": result.to_dict()}, indent=1) + "\n")
+        "command": args.command, "seconds": seconds, "accuracy": result.to_dict()}, indent=1) + "\n")
     print(f"[{time.strftime('%H:%M:%S')}] {network} on {policy}, chip {chip_index} done in "
           f"{seconds / 60:.1f} min", flush=True)
     return result.to_dict()
@@ -245,7 +245,8 @@ def load_evaluations(runs: Path) -> dict[str, dict[str, dict]]:
         combined = AccuracyResult.combine(
             [AccuracyResult.from_dict(c["accuracy"]) for c in saved])
         evals.setdefault(saved[0]["network"], {})[saved[0]["mapping"]] = dict(
-            combined.to_dict(), seconds=sum(c["seconds"] for c in saved))
+            combined.to_dict(), seconds=sum(c["seconds"] for c in saved),
+            commands=sorted({c.get("command", "") for c in saved} - {""}))
     return evals
 
 
@@ -371,7 +372,9 @@ def render(runs: Path, out: Path, settings: dict, variants: list[str]) -> dict:
                      f"`{log.get('command')}`")
     for name in networks:
         for policy, acc in evals[name].items():
-            lines.append(f"- evaluation {name} / {policy}: {acc['seconds'] / 60:.1f} min")
+            lines.append(f"- evaluation {name} / {policy}: {acc['seeds']} chips, "
+                         f"{acc['seconds'] / 60:.1f} min"
+                         + (f", by `{'`, `'.join(acc['commands'])}`" if acc["commands"] else ""))
     text = shown_paths("\n".join(lines) + "\n", runs)
     atomic_write_text(out, text)
     summary = {"settings": settings, "goal": goal, "training": logs, "evaluation": evals}
@@ -490,6 +493,8 @@ def main(argv=None) -> int:
                     help=f"copy the noise-trained weights to {SHIPPED.relative_to(REPO)}")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    args.command = "python benchmarks/noise_finetune_resnet32.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
     variants = dict(args.variant or [(k, dict(v)) for k, v in DEFAULT_VARIANTS.items()])
 
     wl = load_workload(WORKLOAD, args.data)
@@ -517,8 +522,7 @@ def main(argv=None) -> int:
                       f"on its own; chip k's draws depend on k alone), {args.calib_images} AdaBS "
                       f"images from the training file, chip {args.chip}, mappings "
                       f"{', '.join(args.mappings)}, per-read noise model of the chip file",
-        "command": "python benchmarks/noise_finetune_resnet32.py "
-                   + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": args.command,
     }
     logs = {}
     if args.stage in ("all", "train"):

@@ -98,6 +98,11 @@ def test_noise_finetune_goal_check_and_report(tmp_path):
     assert goal["within_1_point"] and goal["beats_control"]
     md = out.read_text()
     assert "**Goal (Joshi et al. 2020): met.**" in md
+    # per chip at 1 day 86.80 and 87.80: one of two within a point; the mean drop 0.70 lies
+    # within one standard error (0.50) of the line
+    assert goal["noise_per_chip"] == pytest.approx([86.8, 87.8])
+    assert goal["chips_within_1_point"] == 1 and goal["drop_sem_points"] == pytest.approx(0.5)
+    assert "1 of 2 chips within 1.0 point" in md and "not with margin" in md
     assert "| noise | gdc+adabs | 88.00 | 87.50 ± 0.20 | 87.30 ± 0.50 | 2 |" in md
     assert "## Mapping `all-analog`" in md and (tmp_path / "report.json").exists()
     # a chip left from a run with other settings is not combined with these

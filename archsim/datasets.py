@@ -9,7 +9,6 @@ training set costs 150 MB, not 600 MB of float32. Normalization is the workload'
 from __future__ import annotations
 
 import dataclasses
-
 import io
 import pickle
 import tarfile

@@ -947,6 +947,16 @@ class AccuracySeries:
     std: tuple[float, ...]
     per_seed: tuple[tuple[float, ...], ...]       # [seed][time]
 
+    @classmethod
+    def of_rows(cls, mapping: str, compensation: str, rows, times: int) -> "AccuracySeries":
+        """The series of per-chip rows ([chip][time]; a chip still running may have fewer
+        times): mean and std per time over the chips that reached it (NaN where none has)."""
+        cols = [[r[i] for r in rows if len(r) > i] for i in range(times)]
+        return cls(mapping, compensation,
+                   tuple(float(np.mean(c)) if c else float("nan") for c in cols),
+                   tuple(float(np.std(c)) if c else float("nan") for c in cols),
+                   tuple(tuple(r) for r in rows))
+
 
 @dataclass(frozen=True)
 class AdcStats:
@@ -1027,14 +1037,10 @@ class AccuracyResult:
                 raise ValueError("AccuracyResult.combine: the results are of different "
                                  "evaluations (FP32, times, images, conventions, mappings, "
                                  "compensations or analog layers differ)")
-        series = []
-        for j, s in enumerate(first.series):
-            rows = tuple(row for r in parts for row in r.series[j].per_seed)
-            cols = [[row[i] for row in rows if len(row) > i] for i in range(len(first.times_s))]
-            series.append(AccuracySeries(
-                s.mapping, s.compensation,
-                tuple(float(np.mean(c)) if c else float("nan") for c in cols),
-                tuple(float(np.std(c)) if c else float("nan") for c in cols), rows))
+        series = [AccuracySeries.of_rows(s.mapping, s.compensation,
+                                         [row for r in parts for row in r.series[j].per_seed],
+                                         len(first.times_s))
+                  for j, s in enumerate(first.series)]
         stats = tuple(
             AdcStats(a.mapping, a.t_s, tuple(
                 (layer[0],) + tuple(sum(r.adc_stats[j].layers[i][f] for r in parts)
@@ -1145,16 +1151,10 @@ def evaluate_accuracy(mappings: Sequence[Mapping], params: dict, test: Dataset, 
         def result(done_seeds: int) -> AccuracyResult:
             """Mean/std per time over the chips that have reached it (rows may be partial while
             a chip is still running)."""
-            series = []
-            for m, mp in enumerate(mappings):
-                for comp in compensations:
-                    rows = acc.get((m, comp), [])
-                    cols = [[r[i] for r in rows if len(r) > i] for i in range(len(times_s))]
-                    series.append(AccuracySeries(
-                        mp.chip.mapping.policy, comp,
-                        tuple(float(np.mean(c)) if c else float("nan") for c in cols),
-                        tuple(float(np.std(c)) if c else float("nan") for c in cols),
-                        tuple(tuple(float(v) for v in r) for r in rows)))
+            series = [AccuracySeries.of_rows(mp.chip.mapping.policy, comp,
+                                             [[float(v) for v in r] for r in acc.get((m, comp), [])],
+                                             len(times_s))
+                      for m, mp in enumerate(mappings) for comp in compensations]
             stats = tuple(
                 AdcStats(mappings[m].chip.mapping.policy, times_s[i], tuple(
                     (name, int(c[2]), int(c[0]), int(c[1])) for name, c in per_layer.items()))

@@ -44,7 +44,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .datasets import CROP_PADDING, Dataset, augment_cifar  # noqa: F401 (re-exported)
+from .datasets import Dataset, augment_cifar
 from .errors import ArchsimError
 from .layers import Pass, Tape
 from .network import INPUT, Network, Workspace, init_params, predict, walk
@@ -497,5 +497,5 @@ def evaluate_fp32(network: Network, params: Mapping[str, np.ndarray], dataset: D
 
 __all__ = ["TrainConfig", "EpochStats", "TrainingError", "TrainState", "train", "evaluate_fp32",
            "forward_train", "backward", "softmax_cross_entropy", "learning_rate", "noisy_weights",
-           "clip_weights", "augment_cifar", "trainable_names", "weight_names", "save_checkpoint",
+           "clip_weights", "trainable_names", "weight_names", "save_checkpoint",
            "load_checkpoint", "checkpoint_path", "run_identity", "new_state", "training_subset"]

@@ -18,7 +18,8 @@ from archsim.kernels import (batchnorm_grad_input_into, batchnorm_grad_sums_into
 from archsim.layers.ops import patches_hwc_into
 from archsim.threads import Workers, chunks
 from archsim.network import INPUT, Layer, Network
-from archsim.training import (TrainConfig, TrainingError, augment_cifar, backward, clip_weights,
+from archsim.datasets import augment_cifar
+from archsim.training import (TrainConfig, TrainingError, backward, clip_weights,
                               evaluate_fp32, forward_train, learning_rate, load_checkpoint,
                               noisy_weights, softmax_cross_entropy, train)
 from archsim.workloads import load_workload

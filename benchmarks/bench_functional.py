@@ -24,10 +24,13 @@ is part of the model, not a speed knob). onnxruntime is a test/benchmark extra, 
 dependency. Needs ../shared/data (or $ARCHSIM_DATA).
 
 BLAS kernels: onnxruntime brings its own AVX-512 GEMMs; archsim's GEMMs are numpy's OpenBLAS,
-whose kernels follow OPENBLAS_CORETYPE (this project's machines set Haswell: AVX2, half the
-vector width of their AVX-512 CPUs). The benchmark prints which kernels ran and says so when the
-CPU could do more; ``--blas-coretype SkylakeX`` restarts it with that core type (OpenBLAS reads
-the variable only when it loads) to compare like with like.
+whose kernels follow OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE where they are set (this project's
+machines set Haswell and 512 for older OpenBLAS builds: AVX2 kernels, half the vector width of
+their AVX-512 CPUs). ``--blas native`` restarts the benchmark without both, numpy's OpenBLAS
+choosing its kernels as it does on a machine without them (see benchmarks/blas_kernels.py).
+The benchmark also times the matrix products alone (benchmarks/gemm_bound.py: the same GEMMs,
+blocks, chunks and threads, nothing else) and prints what that ceiling allows: no change outside
+BLAS takes a pass beyond it.
 """
 
 from __future__ import annotations
@@ -40,25 +43,15 @@ import time
 from pathlib import Path
 
 
-def _coretype_argument(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--blas-coretype" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--blas-coretype="):
-            return arg.split("=", 1)[1]
-    return None
-
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks import blas_kernels  # noqa: E402  (standard library only)
 
 if __name__ == "__main__":
-    _core = _coretype_argument(sys.argv[1:])
-    if _core and os.environ.get("OPENBLAS_CORETYPE") != _core:
-        os.environ["OPENBLAS_CORETYPE"] = _core           # read by OpenBLAS when numpy loads it
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+    blas_kernels.choose(sys.argv[1:])             # before numpy loads OpenBLAS
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 if (REPO.parent / "shared" / "data").is_dir():
     os.environ.setdefault("ARCHSIM_DATA", str(REPO.parent / "shared" / "data"))
 
@@ -68,6 +61,7 @@ from archsim.config import load_chip  # noqa: E402
 from archsim.mapping import map_network  # noqa: E402
 from archsim.network import Workspace, forward  # noqa: E402
 from archsim.workloads import load_workload  # noqa: E402
+from benchmarks import gemm_bound  # noqa: E402
 
 ONNX_FILE = "resnet32_cifar10_akamaster.onnx"
 TARGETS = {"fp32": 0.5, "analog": 0.35}
@@ -180,15 +174,14 @@ def main(argv=None) -> int:
                     help="batch size of the ORT and FP32 passes (default: the fastest probed)")
     ap.add_argument("--analog-batch-size", type=int, default=F.DEFAULT_BATCH_SIZE,
                     help="images per read of the chip (default: the accuracy driver's)")
-    ap.add_argument("--blas-coretype", metavar="NAME",
-                    help="run with OPENBLAS_CORETYPE=NAME (e.g. SkylakeX: AVX-512 kernels)")
+    blas_kernels.add_arguments(ap)
     args = ap.parse_args(argv)
 
     print(f"start: {load_text()}; archsim on {threads.workers()} threads; BLAS: {blas_text()} "
-          f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})", flush=True)
+          f"({blas_kernels.pins_text()})", flush=True)
     if cpu_has_avx512() and any(k in blas_text() for k in ("Haswell", "Zen")):
         print("note: this CPU has AVX-512 (onnxruntime uses it) but OpenBLAS runs its AVX2 "
-              "kernels; --blas-coretype SkylakeX compares like with like")
+              "kernels, as the environment pins them; --blas native compares like with like")
     eng = Engines(args)
     test = load_workload(REPO / "workloads" / "resnet32_cifar10.yaml").dataset("test")
     n = min(args.images, len(test))
@@ -258,6 +251,14 @@ def main(argv=None) -> int:
         ok &= ratio >= TARGETS[name]
         print(f"ratio archsim {name} / onnxruntime: {ratio:.3f}  (target >= {TARGETS[name]})")
     print(f"ratio analog / FP32: {rate['fp32'] / rate['analog']:.2f} (time)")
+    ceiling = {name: gemm_bound.inference_images_per_s(eng.net, n, batch[name])
+               for name in ("fp32", "analog")}
+    print(f"matrix products alone (benchmarks/gemm_bound.py, same BLAS, blocks, chunks and "
+          f"threads; {load_text()}): {ceiling['fp32']:.0f} images/s at batch {batch['fp32']} = "
+          f"{ceiling['fp32'] / rate['ort']:.3f}x onnxruntime, {ceiling['analog']:.0f} at batch "
+          f"{batch['analog']}; the FP32 pass runs at "
+          f"{100 * rate['fp32'] / ceiling['fp32']:.0f}% of it, the analog evaluation at "
+          f"{100 * rate['analog'] / ceiling['analog']:.0f}%")
     print(f"accuracy_resnet32.py --seeds 5 at this analog rate: 75 test passes of 10,000 images "
           f"take {75 * 10000 / rate['analog'] / 60:.1f} min (AdaBS, 25 x 1,000 images with "
           f"batch statistics, adds a few percent)")

@@ -16,8 +16,11 @@ the estimate for a quiet machine (onnxruntime's two threads spin-wait on each ot
 most of their speed when another process takes a core: 2,700 images/s alone, 600-900 beside
 other work, on this 2-core machine). ``--chunk-kib`` lists chunk sizes
 (archsim.threads.CHUNK_BYTES) to compare within the same rounds. Also prints one training step
-split into forward and backward. numpy's OpenBLAS picks its GEMM kernels per CPU (printed);
-``OPENBLAS_CORETYPE`` overrides the choice.
+split into forward and backward, and the training step's matrix products alone
+(benchmarks/gemm_bound.py: every layer's forward, input-gradient and weight-gradient GEMMs on the
+same chunks and threads, nothing else): the ceiling no change outside BLAS passes. numpy's
+OpenBLAS picks its GEMM kernels per CPU (printed) unless OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
+pin them; ``--blas native`` runs without both (benchmarks/blas_kernels.py).
 """
 
 from __future__ import annotations
@@ -29,10 +32,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks import blas_kernels  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":
+    blas_kernels.choose(sys.argv[1:])             # before numpy loads OpenBLAS
+
+import numpy as np  # noqa: E402
+
 if (REPO.parent / "shared" / "data").is_dir():
     os.environ.setdefault("ARCHSIM_DATA", str(REPO.parent / "shared" / "data"))
 
@@ -42,6 +50,7 @@ from archsim.network import Workspace, forward  # noqa: E402
 from archsim.training import (TrainConfig, backward, forward_train, noisy_weights,  # noqa: E402
                               softmax_cross_entropy, train)
 from archsim.workloads import find_data_file, load_workload  # noqa: E402
+from benchmarks import gemm_bound  # noqa: E402
 
 TARGET = 0.15
 
@@ -88,6 +97,7 @@ def main(argv=None) -> int:
                     help="training worker threads (default: one per available core)")
     ap.add_argument("--chunk-kib", default=str(threads.CHUNK_BYTES // 1024),
                     help="comma-separated chunk sizes in KiB to compare (default: the shipped one)")
+    blas_kernels.add_arguments(ap)
     args = ap.parse_args(argv)
 
     wl = load_workload("resnet32_cifar10", args.data)
@@ -130,8 +140,8 @@ def main(argv=None) -> int:
     run_archsim(nhwc[0])
     train(net, params, data.subset(slice(0, 2 * b)), config, progress=False, workers=args.workers)
 
-    print(f"ResNet-32, {len(data)} images, batch {b}, {args.rounds} rounds; BLAS: {blas()}; "
-          f"before: {load()}")
+    print(f"ResNet-32, {len(data)} images, batch {b}, {args.rounds} rounds; BLAS: {blas()} "
+          f"({blas_kernels.pins_text()}); before: {load()}")
     rows = []
     for r in range(args.rounds):
         ort_ips = images_per_s(run_ort, nchw)
@@ -172,6 +182,12 @@ def main(argv=None) -> int:
               f"{'met' if ratio >= TARGET else 'NOT met'}; one 50,000-image epoch: "
               f"{50000 / train_med / 60:.1f} min at this speed")
     threads.CHUNK_BYTES = chunk_sizes[0] * 1024
+    ceiling = gemm_bound.training_images_per_s(net, len(data), b, args.workers)
+    train_best = median([row[2][chunk_sizes[0]] for row in rows])
+    print(f"a training step's matrix products alone (benchmarks/gemm_bound.py: forward, input "
+          f"and weight gradients on the same chunks and threads; {load()}): {ceiling:.1f} "
+          f"images/s = {ceiling / ort_med:.3f}x onnxruntime; training runs at "
+          f"{100 * train_best / ceiling:.0f}% of it")
 
     # one step split into forward and backward (after the rounds, same threads as train)
     rng = np.random.default_rng(0)

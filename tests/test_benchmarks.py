@@ -156,3 +156,43 @@ def test_noise_finetune_pipeline_at_tiny_size(tmp_path):
     import json
     a, b = json.loads(first), json.loads((tmp_path / "r.json").read_text())
     assert a["evaluation"] == b["evaluation"] and a["goal"] == b["goal"]
+
+
+# ---- benchmarks/blas_kernels.py and benchmarks/gemm_bound.py ----------------------------------
+
+def load_benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_blas_kernel_choice_environment():
+    """--blas native drops both pinning variables (and nothing else); --blas-coretype sets one;
+    the default keeps the environment as it is."""
+    bk = load_benchmark_module("blas_kernels")
+    env = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512", "PATH": "/bin"}
+    assert bk.environment([], env) == env
+    assert bk.environment(["--blas", "as-set"], env) == env
+    assert bk.environment(["--images", "10", "--blas", "native"], env) == {"PATH": "/bin"}
+    assert bk.environment(["--blas=native", "--blas-coretype=SkylakeX"], env) == {
+        "PATH": "/bin", "OPENBLAS_CORETYPE": "SkylakeX"}
+    assert bk.environment(["--blas-coretype", "Zen"], env)["OPENBLAS_CORETYPE"] == "Zen"
+    assert bk.environment(["--blas-coretype", "Zen"], env)["OPENBLAS_L2_SIZE"] == "512"
+
+
+def test_gemm_ceiling_makes_the_networks_products():
+    """The ceiling's GEMMs are the network's multiply-adds: ResNet-32 68,862,592 per image (16
+    channels at 32x32 ... 64 at 8x8, the 10-way classifier); (rows, K, N) scale with the images."""
+    from archsim.network import digits_cnn, resnet_cifar
+    gb = load_benchmark_module("gemm_bound")
+    net = resnet_cifar(32)
+    shapes = gb.inference_gemms(net, 1)
+    assert sum(r * k * n for r, k, n in shapes) == net.total_macs() == 68_862_592
+    assert shapes[0] == (1024, 27, 16) and shapes[-1] == (1, 64, 10)
+    assert gb.inference_gemms(net, 3)[1] == (3 * 1024, 144, 16)
+    small = digits_cnn()
+    assert sum(r * k * n for r, k, n in gb.inference_gemms(small, 2)) == 2 * small.total_macs()
+    # both ceilings run on a small network and give a rate
+    assert 0 < gb.inference_images_per_s(small, 16, 8, repeats=1) < float("inf")
+    assert 0 < gb.training_images_per_s(small, 16, 8, workers=2, repeats=1) < float("inf")

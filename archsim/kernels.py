@@ -943,12 +943,22 @@ def _channel_sums_kernel(a, r0, r1, out):
 
 
 @njit(cache=True, nogil=True)
-def _channel_affine_kernel(a, r0, r1, scale, shift, out):
+def _channel_affine_kernel(a, r0, r1, scale, shift, low, out):
     c = a.shape[1]
     for r in range(r0, r1):
         for ch in range(c):
-            out[r, ch] = a[r, ch] * scale[ch] + shift[ch]
+            v = a[r, ch] * scale[ch] + shift[ch]
+            if v <= low:         # max(v, low) as np.maximum gives it: NaN stays, -0.0 -> 0
+                v = low
+            out[r, ch] = v
     return out
+
+
+@njit(cache=True, nogil=True)
+def _relu_grad_kernel(g, y, factors, dx):
+    for i in range(g.shape[0]):
+        dx[i] = g[i] * (factors[1] if y[i] > 0 else factors[0])
+    return dx
 
 
 @njit(cache=True, nogil=True)
@@ -1004,13 +1014,25 @@ def channel_sums_into(a: np.ndarray, r0: int, r1: int, out: np.ndarray) -> np.nd
 
 
 def channel_affine_into(a: np.ndarray, r0: int, r1: int, scale: np.ndarray, shift: np.ndarray,
-                        out: np.ndarray) -> np.ndarray:
+                        out: np.ndarray, low: float | None = None) -> np.ndarray:
     """``out[r] = a[r] * scale + shift`` for rows ``r0 .. r1-1`` (per-channel scale and shift in
-    the dtype of ``a``): BatchNorm's forward with its statistics folded in."""
+    the dtype of ``a``): BatchNorm's forward with its statistics folded in; ``low``: then
+    ``max(out, low)`` as np.maximum computes it (0: the ReLU after it, in the same pass)."""
     c = a.shape[1]
     _rows_check("channel_affine_into", [a, out], r0, r1, c)
     return _channel_affine_kernel(a, r0, r1, _per_channel(scale, c, a.dtype),
-                                  _per_channel(shift, c, a.dtype), out)
+                                  _per_channel(shift, c, a.dtype),
+                                  a.dtype.type(-np.inf if low is None else low), out)
+
+
+def relu_grad_into(g: np.ndarray, y: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """ReLU's input gradient from its output ``y``: ``dx = g * (y > 0)`` in one pass, the bits of
+    numpy's product with the boolean mask (g * 1 or g * 0: NaN and the sign of zero kept).
+    1-D arrays of one float dtype."""
+    if (g.dtype != y.dtype or g.dtype != dx.dtype or g.dtype not in (np.float32, np.float64)
+            or g.ndim != 1 or g.shape != y.shape or g.shape != dx.shape):
+        raise ValueError("relu_grad_into: 1-D float32 or float64 arrays of one shape expected")
+    return _relu_grad_kernel(g, y, np.array([0, 1], g.dtype), dx)
 
 
 def batchnorm_grad_sums_into(g: np.ndarray, a: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,

@@ -47,6 +47,8 @@ from .atomic import atomic_write_bytes
 from .datasets import Dataset, augment_cifar
 from .errors import ArchsimError
 from .layers import Pass, Tape
+from .layers.pointwise import BatchNorm, Relu
+from .layers.tensor import Add
 from .network import INPUT, Network, Workspace, init_params, predict, walk
 from .threads import Workers, training_threads
 from .progress import Progress
@@ -134,9 +136,20 @@ def forward_train(net: Network, params: Mapping[str, np.ndarray], x: np.ndarray,
     x = np.asarray(x, dtype)
     tape = Tape(input_shape=x.shape)
     run = Pass(params, workspace if workspace is not None else Workspace(), dtype=dtype,
-               tape=tape, batch_statistics=train, weights=weights, workers=workers)
+               tape=tape, batch_statistics=train, weights=weights, workers=workers,
+               relu_after=relu_after(net))
     out = walk(net, x, lambda layer, xs: layer.forward(xs, run).astype(dtype, copy=False))
     return out, tape
+
+
+def relu_after(net: Network) -> frozenset:
+    """The BatchNorm and Add layers whose only consumer is a ReLU: in training they apply it in
+    their own output pass (the same numbers, one pass over the activation fewer)."""
+    users = net.consumers()
+    return frozenset(layer.name for layer in net.layers
+                     if isinstance(layer, (BatchNorm, Add)) and layer.name != net.output
+                     and len(users[layer.name]) == 1
+                     and isinstance(net.layer(users[layer.name][0]), Relu))
 
 
 def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: bool = False,

@@ -14,7 +14,7 @@ from archsim.datasets import Dataset
 from archsim import threads, training
 from archsim.kernels import (batchnorm_grad_input_into, batchnorm_grad_sums_into,
                              channel_affine_into, channel_sums_into, col2im_hwc_into, col2im_into,
-                             im2col_into)
+                             im2col_into, relu_grad_into)
 from archsim.layers.ops import patches_hwc_into
 from archsim.threads import Workers, chunks
 from archsim.network import INPUT, Layer, Network
@@ -548,3 +548,58 @@ def test_resume_refuses_another_run(tmp_path):
         train(net, None, data, cfg, progress=False, checkpoint=tmp_path / "ck")
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(net, None, data, cfg, progress=False, resume=tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_kernels_give_numpys_bits(dtype):
+    """The ReLU applied in BatchNorm's affine pass is np.maximum(y, 0) bit for bit (NaN stays,
+    negatives and -0.0 become +0.0), and relu_grad_into is g * (y > 0) as numpy multiplies by the
+    boolean mask (g * 0 keeps NaN and gives -0.0 for negative g)."""
+    a = np.array([[1.5, -2.0, 0.0, np.nan], [-0.0, 3.0, -1e-30, 2.0]], dtype)
+    scale = np.array([2.0, 1.0, 1.0, 1.0])
+    shift = np.array([-0.0, 0.5, -0.0, 0.0])
+    fused = channel_affine_into(a, 0, 2, scale, shift, np.empty_like(a), 0.0)
+    plain = channel_affine_into(a, 0, 2, scale, shift, np.empty_like(a))
+    want = np.maximum(plain, 0)
+    assert fused.tobytes() == want.tobytes()
+    assert np.signbit(plain[1, 0]) and not np.signbit(fused[1, 0])  # -0.0 * 2 + -0.0 -> +0.0
+    assert fused[0, 1] == 0.0 and not np.signbit(fused[0, 1])       # -1.5 -> +0.0
+    assert np.isnan(fused[0, 3])
+    y = want.reshape(-1)
+    g = np.array([1.0, -1.0, np.nan, 2.0, -3.0, 4.0, -5.0, np.inf], dtype)
+    dx = relu_grad_into(g, y, np.empty_like(g))
+    assert dx.tobytes() == np.multiply(g, y > 0).astype(dtype).tobytes()
+    assert np.signbit(dx[1]) and np.isnan(dx[2])
+    with pytest.raises(ValueError):
+        relu_grad_into(g, y[:-1], np.empty_like(g))
+
+
+def test_relu_fused_into_batchnorm_and_add_changes_no_bit(monkeypatch):
+    """Training applies a ReLU inside the BatchNorm or Add before it when it is their only
+    consumer (ResNet: every ReLU): logits, batch statistics and every gradient are the bits of
+    the layer-by-layer walk."""
+    net = nw.resnet_cifar(8)
+    fused_names = training.relu_after(net)
+    kinds = {net.layer(name).kind for name in fused_names}
+    relus = [layer for layer in net.layers if layer.kind == "relu"]
+    assert kinds == {"batchnorm", "add"} and len(fused_names) == len(relus) == 7
+    rng = np.random.default_rng(5)
+    params = nw.init_params(net, rng)
+    x = rng.standard_normal((6, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, 6)
+
+    def step():
+        logits, tape = forward_train(net, params, x)
+        grads, _ = backward(net, tape, softmax_cross_entropy(logits, labels)[1])
+        return logits, tape, grads
+
+    logits, tape, grads = step()
+    assert tape.clamped == set(fused_names)
+    monkeypatch.setattr(training, "relu_after", lambda net: frozenset())
+    logits0, tape0, grads0 = step()
+    assert tape0.clamped == set()
+    assert logits.tobytes() == logits0.tobytes()
+    assert all(tape.batch_stats[k][i].tobytes() == tape0.batch_stats[k][i].tobytes()
+               for k in tape0.batch_stats for i in (0, 1))
+    assert grads.keys() == grads0.keys()
+    assert all(grads[k].tobytes() == grads0[k].tobytes() for k in grads0)

@@ -56,6 +56,8 @@ class Tape:
     # batch statistics of every BatchNorm: (mean, unbiased variance), for the running-stat update
     batch_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     input_shape: tuple[int, ...] = ()
+    # layers whose output they clamped themselves (a BatchNorm or Add with the ReLU after it)
+    clamped: set[str] = field(default_factory=set)
 
 
 MatmulHook = Callable[["MatrixLayer", np.ndarray], np.ndarray]
@@ -136,6 +138,8 @@ class Pass:
     first_image: int = 0
     shared: dict = field(default_factory=dict)
     workers: Any = None
+    # training: BatchNorm and Add layers whose only consumer is a ReLU (they may apply it)
+    relu_after: frozenset = frozenset()
 
     def run_chunks(self, fn: Callable[[int, int], None], count: int) -> None:
         """``fn(chunk, worker)`` for every chunk index in ``range(count)`` (training)."""

@@ -86,10 +86,11 @@ def patches_hwc_into(x: np.ndarray, kernel: int, stride: int, padding: int, padd
                      out: np.ndarray) -> np.ndarray:
     """Patches of an NHWC batch ``x`` into ``out`` (N*ho*wo, kernel*kernel*C) in (i, j, c) order -
     the order of an OHWI kernel flattened - zeros off the edge, for a square kernel, one stride
-    and one padding on all sides. ``padded`` (N, H+2p, W+2p, C) is scratch for the zero-padded
-    batch. In (i, j, c) order the kernel*C values of one kernel row are contiguous in the padded
-    batch, so the whole matrix is ``kernel`` strided copies (training's patch builder: about twice
-    as fast as a per-pixel loop for 16-64 channels)."""
+    and one padding on all sides (training's patch builder). float32: straight from ``x`` by the
+    inference passes' kernel (:func:`archsim.kernels.patches_into` with the tap-major layout, in
+    which each kernel row's kernel*C values are one copy; 25-40% faster than the copies below).
+    Otherwise ``padded`` (N, H+2p, W+2p, C) is scratch for the zero-padded batch, and the whole
+    matrix is ``kernel`` strided copies out of it."""
     n, h, w, c = x.shape
     p = padding
     ho = (h + 2 * p - kernel) // stride + 1
@@ -98,6 +99,12 @@ def patches_hwc_into(x: np.ndarray, kernel: int, stride: int, padding: int, padd
                                                                         kernel * kernel * c):
         raise ValueError(f"patches_hwc_into: scratch {padded.shape} or out {out.shape} do not fit "
                          f"input {x.shape}, kernel {kernel}, stride {stride}, padding {p}")
+    if (x.dtype == np.float32 and out.dtype == np.float32 and x.flags.c_contiguous
+            and out.flags.c_contiguous):
+        from ..kernels import conv_geometry, patches_into
+        geom = conv_geometry((kernel, kernel), (stride, stride), (p, p, p, p), (1, 1), ho, wo)
+        return patches_into(x, geom, 0, n * ho * wo,
+                            patch_layout(c, kernel * kernel, None, kernel).runs, out)
     if p:
         padded[:, :p] = 0
         padded[:, h + p:] = 0

@@ -81,8 +81,13 @@ class BatchNorm(Layer):
         scale = gamma * inv_std.astype(dtype)
         shift = beta - mean.astype(dtype) * scale
         out = run.workspace.get("bn-out/" + self.name, a2.shape, dtype)
-        run.run_chunks(lambda i, w: channel_affine_into(a2, *parts[i], scale, shift, out),
+        # the ReLU after it, when that is its only consumer, in the same pass (Relu.forward
+        # then passes the output on): one pass over the activation fewer
+        low = 0.0 if self.name in run.relu_after else None
+        run.run_chunks(lambda i, w: channel_affine_into(a2, *parts[i], scale, shift, out, low),
                        len(parts))
+        if low is not None:
+            run.tape.clamped.add(self.name)
         run.tape.batch_stats[self.name] = (mean.astype(dtype),
                                            (var * count / max(count - 1, 1)).astype(dtype))
         run.tape.saved[self.name] = ("batch", a2, mean, inv_std, gamma, a.shape)
@@ -185,6 +190,9 @@ class Relu(Elementwise):
     def forward(self, xs, run):
         if run.tape is None:
             return self.fn(xs[0])
+        if self.inputs[0] in run.tape.clamped:       # its producer applied it already
+            run.tape.saved[self.name] = (xs[0],)
+            return xs[0]
         a = np.ascontiguousarray(xs[0])
         out = run.workspace.get("relu-out/" + self.name, a.shape, a.dtype)
         a1, out1 = a.reshape(-1), out.reshape(-1)
@@ -197,17 +205,16 @@ class Relu(Elementwise):
         out = saved[0]
         g1 = np.ascontiguousarray(g, out.dtype).reshape(-1)
         out1 = out.reshape(-1)
-        mask = run.workspace.get("relu-mask/" + self.name, out1.shape, np.bool_)
         dx = run.workspace.get("relu-dx/" + self.name, out.shape, out.dtype)
         dx1 = dx.reshape(-1)
         parts = _element_chunks(out1)
-
-        def one(i, worker):
-            sl = parts[i]
-            np.greater(out1[sl], 0, out=mask[sl])
-            np.multiply(g1[sl], mask[sl], out=dx1[sl])
-
-        run.run_chunks(one, len(parts))
+        if out.dtype in (np.float32, np.float64):
+            from ..kernels import relu_grad_into
+            run.run_chunks(lambda i, w: relu_grad_into(g1[parts[i]], out1[parts[i]],
+                                                       dx1[parts[i]]), len(parts))
+        else:
+            run.run_chunks(lambda i, w: np.multiply(g1[parts[i]], out1[parts[i]] > 0,
+                                                    out=dx1[parts[i]]), len(parts))
         return [dx], {}
 
 

@@ -99,7 +99,23 @@ class Add(Binary):
     def forward(self, xs, run):
         a, b = self._operands(xs, run)
         if run.tape is not None and a.shape == b.shape and a.dtype == b.dtype:
-            return np.add(a, b, out=run.workspace.get("add-out/" + self.name, a.shape, a.dtype))
+            from .pointwise import _element_chunks
+            out = run.workspace.get("add-out/" + self.name, a.shape, a.dtype)
+            a1, b1, out1 = (np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1),
+                            out.reshape(-1))
+            parts = _element_chunks(out1)          # in chunks on the pass's workers
+            relu = self.name in run.relu_after      # the ReLU after it, on the chunk in cache
+
+            def one(i, worker):
+                sl = parts[i]
+                np.add(a1[sl], b1[sl], out=out1[sl])
+                if relu:
+                    np.maximum(out1[sl], 0, out=out1[sl])
+
+            run.run_chunks(one, len(parts))
+            if relu:
+                run.tape.clamped.add(self.name)
+            return out
         return a + b
 
     def epilogue_part(self, producer):

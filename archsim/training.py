@@ -50,7 +50,7 @@ from .layers import Pass, Tape
 from .layers.pointwise import BatchNorm, Relu
 from .layers.tensor import Add
 from .network import INPUT, Network, Workspace, init_params, predict, walk
-from .threads import Workers, training_threads
+from .threads import Workers, chunks, training_threads
 from .progress import Progress
 from .rng import Streams, named_rng
 
@@ -167,10 +167,21 @@ def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: boo
     dvals: dict[str, np.ndarray] = {net.output: dout}
 
     def accumulate(src: str, g: np.ndarray) -> None:
-        if src in dvals:
-            dvals[src] = dvals[src] + g
-        else:
+        prev = dvals.get(src)
+        if prev is None:
             dvals[src] = g
+        elif (src == INPUT or prev.shape != g.shape or prev.dtype != g.dtype
+              or not (prev.flags.c_contiguous and g.flags.c_contiguous)):
+            dvals[src] = prev + g
+        else:
+            # the sum into this activation's scratch (never another layer's array; it may be
+            # the sum of its earlier consumers), in chunks on the workers
+            out = run.workspace.get("grad-sum/" + src, g.shape, g.dtype)
+            p1, g1, o1 = prev.reshape(-1), g.reshape(-1), out.reshape(-1)
+            parts = [slice(a, b) for a, b in chunks(o1.size, o1.itemsize)]
+            run.run_chunks(lambda i, w: np.add(p1[parts[i]], g1[parts[i]], out=o1[parts[i]]),
+                           len(parts))
+            dvals[src] = out
 
     for layer in reversed(net.layers):
         g = dvals.pop(layer.name, None)

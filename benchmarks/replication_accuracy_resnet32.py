@@ -158,6 +158,14 @@ def markdown(results: dict, rows: list[dict], settings: dict) -> str:
     return "\n".join(lines)
 
 
+def shown(path: str) -> str:
+    """A path as the report shows it: relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,8 +192,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results = run(args)
     rows = verdicts(results)
-    settings = {"chip": args.chip, "workload": args.workload, "base seed": args.seed,
-                "compensations": ", ".join(COMPENSATIONS),
+    settings = {"chip": shown(args.chip), "workload": shown(args.workload),
+                "base seed": args.seed, "compensations": ", ".join(COMPENSATIONS),
                 "wall time": f"{(time.perf_counter() - start) / 60:.1f} min",
                 "command": "python benchmarks/replication_accuracy_resnet32.py "
                            + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -196,3 +196,26 @@ def test_gemm_ceiling_makes_the_networks_products():
     # both ceilings run on a small network and give a rate
     assert 0 < gb.inference_images_per_s(small, 16, 8, repeats=1) < float("inf")
     assert 0 < gb.training_images_per_s(small, 16, 8, workers=2, repeats=1) < float("inf")
+
+
+def test_blas_kernel_choice_restarts_the_script(tmp_path):
+    """choose() restarts the script once, in the environment the command line asks for."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from benchmarks import blas_kernels\n"
+        "blas_kernels.choose(sys.argv[1:])\n"
+        "print(os.environ.get('OPENBLAS_CORETYPE'), os.environ.get('OPENBLAS_L2_SIZE'))\n")
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", OPENBLAS_L2_SIZE="512")
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *args], env=env, text=True,
+                              capture_output=True, timeout=60).stdout.split()
+
+    assert run() == ["Haswell", "512"]
+    assert run("--blas", "native") == ["None", "None"]
+    assert run("--blas-coretype", "SkylakeX") == ["SkylakeX", "512"]

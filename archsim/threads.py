@@ -176,6 +176,12 @@ def chunks(count: int, bytes_per_item: int, target_bytes: int | None = None
     return [(start, min(start + per, count)) for start in range(0, count, per)]
 
 
+def element_chunks(values) -> list[slice]:
+    """Slices of a 1-D array in pieces of about :data:`CHUNK_BYTES` (:func:`chunks`), for
+    elementwise work on the workers."""
+    return [slice(start, stop) for start, stop in chunks(values.size, values.itemsize)]
+
+
 class Workers:
     """``n`` threads (the calling one included) that run the chunks of one training layer:
     ``workers.run(fn, count)`` calls ``fn(chunk, worker)`` for every chunk index in

@@ -50,7 +50,7 @@ from .layers import Pass, Tape
 from .layers.pointwise import BatchNorm, Relu
 from .layers.tensor import Add
 from .network import INPUT, Network, Workspace, init_params, predict, walk
-from .threads import Workers, chunks, training_threads
+from .threads import Workers, element_chunks, training_threads
 from .progress import Progress
 from .rng import Streams, named_rng
 
@@ -178,7 +178,7 @@ def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: boo
             # the sum of its earlier consumers), in chunks on the workers
             out = run.workspace.get("grad-sum/" + src, g.shape, g.dtype)
             p1, g1, o1 = prev.reshape(-1), g.reshape(-1), out.reshape(-1)
-            parts = [slice(a, b) for a, b in chunks(o1.size, o1.itemsize)]
+            parts = element_chunks(o1)
             run.run_chunks(lambda i, w: np.add(p1[parts[i]], g1[parts[i]], out=o1[parts[i]]),
                            len(parts))
             dvals[src] = out

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..threads import element_chunks
 from .base import Layer, ParamSpec
 
 
@@ -196,7 +197,7 @@ class Relu(Elementwise):
         a = np.ascontiguousarray(xs[0])
         out = run.workspace.get("relu-out/" + self.name, a.shape, a.dtype)
         a1, out1 = a.reshape(-1), out.reshape(-1)
-        parts = _element_chunks(a1)
+        parts = element_chunks(a1)
         run.run_chunks(lambda i, w: np.maximum(a1[parts[i]], 0, out=out1[parts[i]]), len(parts))
         run.tape.saved[self.name] = (out,)
         return out
@@ -207,7 +208,7 @@ class Relu(Elementwise):
         out1 = out.reshape(-1)
         dx = run.workspace.get("relu-dx/" + self.name, out.shape, out.dtype)
         dx1 = dx.reshape(-1)
-        parts = _element_chunks(out1)
+        parts = element_chunks(out1)
         if out.dtype in (np.float32, np.float64):
             from ..kernels import relu_grad_into
             run.run_chunks(lambda i, w: relu_grad_into(g1[parts[i]], out1[parts[i]],
@@ -216,11 +217,6 @@ class Relu(Elementwise):
             run.run_chunks(lambda i, w: np.multiply(g1[parts[i]], out1[parts[i]] > 0,
                                                     out=dx1[parts[i]]), len(parts))
         return [dx], {}
-
-
-def _element_chunks(a1: np.ndarray) -> list[slice]:
-    from ..threads import chunks
-    return [slice(b0, b1) for b0, b1 in chunks(a1.size, a1.itemsize)]
 
 
 @dataclass(frozen=True)

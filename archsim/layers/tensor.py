@@ -7,6 +7,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from ..threads import element_chunks
 from .base import Layer, LayerError, ParamSpec, _unbroadcast
 from .ops import shortcut_a
 
@@ -99,11 +100,10 @@ class Add(Binary):
     def forward(self, xs, run):
         a, b = self._operands(xs, run)
         if run.tape is not None and a.shape == b.shape and a.dtype == b.dtype:
-            from .pointwise import _element_chunks
             out = run.workspace.get("add-out/" + self.name, a.shape, a.dtype)
             a1, b1, out1 = (np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1),
                             out.reshape(-1))
-            parts = _element_chunks(out1)          # in chunks on the pass's workers
+            parts = element_chunks(out1)            # in chunks on the pass's workers
             relu = self.name in run.relu_after      # the ReLU after it, on the chunk in cache
 
             def one(i, worker):

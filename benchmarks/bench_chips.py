@@ -38,11 +38,9 @@ if (REPO.parent / "shared" / "data").is_dir():
 
 
 def evaluate_chips(first_chip: int, chips: int, images: int, times_s: tuple, workers: int
-                   ) -> tuple[dict, float]:
-    """In a fresh process: the accuracy of chips first_chip .. first_chip + chips - 1 on
-    ``workers`` threads, as a dict, and the seconds this took (setup included)."""
-    start = time.perf_counter()
-    sys.path.insert(0, str(REPO))
+                   ) -> dict:
+    """In a fresh process (its import of this script put the repository on sys.path): the
+    accuracy of chips first_chip .. first_chip + chips - 1 on ``workers`` threads, as a dict."""
     from archsim import threads
     from archsim.config import load_chip
     from archsim.functional import evaluate_accuracy
@@ -55,7 +53,7 @@ def evaluate_chips(first_chip: int, chips: int, images: int, times_s: tuple, wor
     mapping = map_network(load_chip(REPO / "configs" / "pcm_hybrid.yaml"), wl.network)
     result = evaluate_accuracy([mapping], wl.load_params(), test, times_s=times_s, seeds=chips,
                                compensations=("gdc",), progress=False, first_chip=first_chip)
-    return result.to_dict(), time.perf_counter() - start
+    return result.to_dict()
 
 
 def main(argv=None) -> int:
@@ -77,7 +75,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     with cf.ProcessPoolExecutor(1, mp_context=context) as pool:
-        whole, _ = pool.submit(evaluate_chips, 0, args.chips, args.images, times_s, cores).result()
+        whole = pool.submit(evaluate_chips, 0, args.chips, args.images, times_s, cores).result()
     threaded_s = time.perf_counter() - start
 
     procs = max(1, min(cores, args.chips))
@@ -88,7 +86,7 @@ def main(argv=None) -> int:
     with cf.ProcessPoolExecutor(procs, mp_context=context) as pool:
         futures = [pool.submit(evaluate_chips, f, n, args.images, times_s, 1)
                    for f, n in zip(firsts, share)]
-        parts = [f.result()[0] for f in futures]
+        parts = [f.result() for f in futures]
     process_s = time.perf_counter() - start
 
     joined = AccuracyResult.combine([AccuracyResult.from_dict(p) for p in parts])

@@ -172,22 +172,21 @@ def main(argv=None) -> int:
           f"onnxruntime {median([row[3] for row in rows]):.1f}, training "
           f"{median([row[4] for row in rows]):.1f}, ratio {median(single):.3f} "
           f"(rounds: {', '.join(f'{v:.3f}' for v in single)})")
+    train_med = {c: median([row[2][c] for row in rows]) for c in chunk_sizes}
     for c in chunk_sizes:
         ratios = [row[2][c] / row[0] for row in rows]
         ratio = median(ratios)
-        train_med = median([row[2][c] for row in rows])
-        print(f"archsim training (noise on, chunks of {c} KiB): {train_med:.1f} images/s, "
+        print(f"archsim training (noise on, chunks of {c} KiB): {train_med[c]:.1f} images/s, "
               f"ratio training / onnxruntime {ratio:.3f} (rounds: "
               f"{', '.join(f'{v:.3f}' for v in ratios)}) -> target >= {TARGET}: "
               f"{'met' if ratio >= TARGET else 'NOT met'}; one 50,000-image epoch: "
-              f"{50000 / train_med / 60:.1f} min at this speed")
+              f"{50000 / train_med[c] / 60:.1f} min at this speed")
     threads.CHUNK_BYTES = chunk_sizes[0] * 1024
     ceiling = gemm_bound.training_images_per_s(net, len(data), b, args.workers)
-    train_best = median([row[2][chunk_sizes[0]] for row in rows])
     print(f"a training step's matrix products alone (benchmarks/gemm_bound.py: forward, input "
           f"and weight gradients on the same chunks and threads; {load()}): {ceiling:.1f} "
           f"images/s = {ceiling / ort_med:.3f}x onnxruntime; training runs at "
-          f"{100 * train_best / ceiling:.0f}% of it")
+          f"{100 * train_med[chunk_sizes[0]] / ceiling:.0f}% of it")
 
     # one step split into forward and backward (after the rounds, same threads as train)
     rng = np.random.default_rng(0)

@@ -323,6 +323,21 @@ class LayerRead:
         return np.tile(np.array([[0, self.weights.shape[1]]], np.int64), (len(self.row_bounds), 1))
 
     @functools.cached_property
+    def block_width(self) -> int:
+        """The most columns one row block's arrays cover."""
+        c = self.block_cols
+        return int((c[:, 1] - c[:, 0]).max())
+
+    def adc(self, conv: "Converters", colscale: np.ndarray, offset: np.ndarray | None = None,
+            clamp: tuple[float, float] | None = None) -> kernels.AdcRows:
+        """This layer's converters and output stage (per-column ``colscale``, ``offset``,
+        ``clamp``) as :class:`archsim.kernels.AdcRows` checks them once."""
+        return kernels.AdcRows(self.block_cols, np.ascontiguousarray(colscale, np.float32),
+                               width=self.block_width, bound=self.adc_bound, bits=conv.adc_bits,
+                               in_scale=kernels.dac_code_scale(conv.dac_bits),
+                               noise_sigma=conv.adc_noise, offset=offset, clamp=clamp)
+
+    @functools.cached_property
     def diagonal(self) -> list:
         """Per row block: None (one product of its rows and columns), or its diagonal blocks
         ((taps, C/G, N/G, G_b) weights, :func:`archsim.layers.matrix.grouped_weights`) when it
@@ -656,9 +671,9 @@ def analog_matmul(layer_read: LayerRead, cols: np.ndarray, conv: Converters, *, 
             raise ValueError("analog_matmul: ADC output noise needs a generator (noise_rng)")
         key = int(noise_rng.integers(0, 2 ** 64, dtype=np.uint64))
     adc_counts = np.zeros(2, np.int64)
-    analog_rows(layer_read, xq, absmax, conv, out, colscale=np.ascontiguousarray(colscale),
-                offset=offset, key=key or 0, row_start=row_start, workspace=workspace,
-                counts=adc_counts, observe=observe)
+    analog_rows(layer_read, xq, absmax, layer_read.adc(conv, colscale, offset), out,
+                key=key or 0, row_start=row_start, workspace=workspace, counts=adc_counts,
+                observe=observe)
     if counts is not None:
         counts[:2] += adc_counts
         counts[2] += conversions(layer_read, p)
@@ -671,22 +686,21 @@ def conversions(layer_read: LayerRead, rows: int) -> int:
     return int(rows * (c[:, 1] - c[:, 0]).sum())
 
 
-def analog_rows(layer_read: LayerRead, xq: np.ndarray, absmax: np.ndarray, conv: Converters,
-                out: np.ndarray, *, colscale: np.ndarray, offset: np.ndarray | None, key: int,
-                stream: int = 0, row_start: int = 0, workspace: Workspace,
-                residual: np.ndarray | None = None, clamp: tuple[float, float] | None = None,
+def analog_rows(layer_read: LayerRead, xq: np.ndarray, absmax: np.ndarray,
+                adc: kernels.AdcRows, out: np.ndarray, *, key: int, stream: int = 0,
+                row_start: int = 0, workspace: Workspace, residual: np.ndarray | None = None,
                 counts: np.ndarray | None = None,
-                observe: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+                observe: Callable[[np.ndarray], None] | None = None,
+                pixels: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The arrays and converters on a block of DAC codes ``xq`` (P, K; rows in the read's fast
     order) with their per-row-block abs-maxes: the products of each row block's arrays (one GEMM,
-    or the diagonal blocks of a grouped layer), then :func:`archsim.kernels.adc_rows_into` (ADC
-    noise under ``key``/``stream`` for rows ``row_start`` ...; output stage: ``colscale``,
-    ``offset``, ``residual``, ``clamp``) into ``out`` (P, N)."""
+    or the diagonal blocks of a grouped layer), then the converters and output stage ``adc``
+    (:meth:`LayerRead.adc`; ADC noise under ``key``/``stream`` for rows ``row_start`` ...) into
+    ``out`` (P, N; with ``pixels``, the rows of every output pixel, as
+    :func:`archsim.kernels.adc_rows_into` places them)."""
     p = xq.shape[0]
     cranges = layer_read.block_cols
-    width = int((cranges[:, 1] - cranges[:, 0]).max())
-    nb = len(cranges)
-    y = workspace.get("adc.y", (nb, p, width))
+    y = workspace.get("adc.y", (len(cranges), p, layer_read.block_width))
     w = layer_read.weights
     for b, (r0, r1) in enumerate(layer_read.bounds):
         c0, c1 = cranges[b]
@@ -695,15 +709,11 @@ def analog_rows(layer_read: LayerRead, xq: np.ndarray, absmax: np.ndarray, conv:
             np.matmul(xq[:, r0:r1], w[r0:r1, c0:c1], out=y[b, :, :c1 - c0])
         else:
             kernels.grouped_products_into(xq, int(r0), diag, y[b])
-    in_scale = kernels.dac_code_scale(conv.dac_bits)
     if observe is not None:
         observe(np.concatenate([y[b, :, :c1 - c0].ravel() for b, (c0, c1) in enumerate(cranges)])
-                * np.float32(in_scale))
-    return kernels.adc_rows_into(
-        y, cranges, absmax, colscale, out, bound=layer_read.adc_bound, bits=conv.adc_bits,
-        in_scale=in_scale, noise_sigma=conv.adc_noise, key=key, stream=stream,
-        row_start=row_start, offset=offset, residual=residual, clamp=clamp, counts=counts,
-        scratch=workspace.get)
+                * adc.converter[2])
+    return adc(y, absmax, out, key=key, stream=stream, row_start=row_start, residual=residual,
+               counts=counts, scratch=workspace.get, pixels=pixels)
 
 
 @dataclass
@@ -723,29 +733,27 @@ _COPY_STREAMS = 1 << 16
 
 @dataclass(frozen=True)
 class _AnalogStage:
-    """An analog layer's output stage in one pass: the per-column factor and offset the ADC pass
-    applies (GDC factors, and a BatchNorm folded in when the layer has no bias), the residual and
-    clamp it applies too, and what is left for a plain epilogue afterwards (bias + BatchNorm)."""
-    colscale: np.ndarray
-    offset: np.ndarray | None
-    clamp: tuple[float, float] | None
+    """An analog layer's output stage in one pass: the converters with the per-column factor,
+    offset and clamp the ADC pass applies (GDC factors, and a BatchNorm folded in when the layer
+    has no bias), whether it adds the residual too, and what is left for a plain epilogue
+    afterwards (bias + BatchNorm)."""
+    adc: kernels.AdcRows
     residual: bool
     rest: Epilogue | None
 
 
-def _analog_stage(layer: MatrixLayer, lr: LayerRead, epilogue: Epilogue | None, gdc: bool,
-                  bn: BatchNormStats) -> _AnalogStage:
+def _analog_stage(layer: MatrixLayer, lr: LayerRead, conv: Converters,
+                  epilogue: Epilogue | None, gdc: bool, bn: BatchNormStats) -> _AnalogStage:
     colscale = lr.colscale * lr.alpha_cols if gdc else lr.colscale
     if layer.bias or epilogue is None or (epilogue.batchnorm is None and epilogue.residual is None
                                           and epilogue.clamp is None):
-        return _AnalogStage(np.ascontiguousarray(colscale, np.float32), None, None, False,
-                            epilogue)
+        return _AnalogStage(lr.adc(conv, colscale), False, epilogue)
     offset = None
     if epilogue.batchnorm is not None:
         scale, offset = bn.affine[epilogue.batchnorm.name]
         colscale = colscale * scale
         offset = np.asarray(offset, np.float32)
-    return _AnalogStage(np.ascontiguousarray(colscale, np.float32), offset, epilogue.clamp,
+    return _AnalogStage(lr.adc(conv, colscale, offset, epilogue.clamp),
                         epilogue.residual is not None, None)
 
 
@@ -792,7 +800,7 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
         copy_stages = stages.get((layer.name, id(epilogue)))
         if copy_stages is None:
             copy_stages = stages[(layer.name, id(epilogue))] = [
-                _analog_stage(layer, r, epilogue, gdc, bn) for r in reads]
+                _analog_stage(layer, r, conv, epilogue, gdc, bn) for r in reads]
         stage = copy_stages[0]
         counts = chunk_counts[run.first_image].setdefault(layer.name, np.zeros(2, np.int64))
         ws = run.workspace
@@ -824,17 +832,19 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
             parts = [(reads[c], copy_stages[c], stream_of[layer.name] + c * _COPY_STREAMS, cols)
                      for c, cols in enumerate(lm.copy_cols)]
         block = patch_block_rows(k)
-        tasks, outs, part_res = [], [], []
+        tasks = []
         for pi, (_, _, _, (w0, w1)) in enumerate(parts):
             part_rows = n * ho * (w1 - w0)
-            whole = len(parts) == 1
-            outs.append(out if whole else np.empty((part_rows, nout), np.float32))
-            part_res.append(res if whole or res is None else np.ascontiguousarray(
-                res.reshape(n * ho, wo, nout)[:, w0:w1]).reshape(part_rows, nout))
             tasks += [(pi, r0, min(part_rows, r0 + block)) for r0 in range(0, part_rows, block)]
         block_counts = np.zeros((len(tasks), 2), np.int64)
         cap = max((r1 - r0 for _, r0, r1 in tasks), default=1)
         see = None if observe is None else (lambda y, name=layer.name: observe(name, y))
+        if lr.layout is not None:       # the patch + DAC pass of each part, checked once
+            dacs = [run.cached(("patches-dac", layer.name, cols, src.shape),
+                               lambda cols=cols: kernels.PatchesDac(
+                                   src.shape, geom, lr.layout.runs, lr.bounds, conv.dac_bits, k,
+                                   cols))
+                    for _, _, _, cols in parts]
 
         def rows_block(i: int, slot: int) -> None:
             pi, r0, r1 = tasks[i]
@@ -843,22 +853,16 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
             cols = bws.get("patches", (cap, k))[:r1 - r0]
             absmax = bws.get("dac.absmax", (cap, len(lr.row_bounds)))[:r1 - r0]
             if lr.layout is not None:
-                kernels.patches_dac_into(src, geom, r0, r1, lr.layout.runs, lr.bounds,
-                                         conv.dac_bits, cols, absmax, cols=(w0, w1))
+                dacs[pi](src, r0, r1, cols, absmax)
             else:
                 kernels.dac_quantize_into(src[r0:r1], lr.bounds, conv.dac_bits, cols, absmax)
-            analog_rows(part_read, cols, absmax, conv, outs[pi][r0:r1],
-                        colscale=part_stage.colscale, offset=part_stage.offset, key=key,
-                        stream=stream, row_start=run.first_image * ho * (w1 - w0) + r0,
-                        workspace=bws,
-                        residual=None if part_res[pi] is None else part_res[pi][r0:r1],
-                        clamp=part_stage.clamp, counts=block_counts[i], observe=see)
+            # each row goes straight to its pixel in out (a copy's pixels are a column range)
+            analog_rows(part_read, cols, absmax, part_stage.adc, out, key=key, stream=stream,
+                        row_start=run.first_image * ho * (w1 - w0) + r0, workspace=bws,
+                        residual=res, counts=block_counts[i], observe=see,
+                        pixels=(r0, w0, w1, wo))
 
         run_blocks(rows_block, len(tasks))
-        if len(parts) > 1:
-            grid = out.reshape(n * ho, wo, nout)
-            for pi, (_, _, _, (w0, w1)) in enumerate(parts):
-                grid[:, w0:w1] = outs[pi].reshape(n * ho, w1 - w0, nout)
         counts += block_counts.sum(axis=0)
         if stage.rest is not None or layer.bias:
             output_stage(out, stage.rest, None if residual is None else

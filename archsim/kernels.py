@@ -312,25 +312,69 @@ def patches_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs: np
     return _patches_kernel(x, geom, row0, row1, runs, out)
 
 
+class PatchesDac:
+    """:func:`patches_dac_into` for one layer: the geometry, run layout, row blocks, converter
+    and output columns checked once for inputs shaped ``x_shape``; each call checks only what
+    changes (the rows and buffers). An inference pass makes one per layer and calls it per block
+    of rows."""
+
+    def __init__(self, x_shape: tuple[int, ...], geom: np.ndarray, runs: np.ndarray,
+                 bounds: np.ndarray, bits: int | None, k: int,
+                 cols: tuple[int, int] | None = None):
+        self.x_shape = tuple(int(v) for v in x_shape)
+        width = int(geom[9])
+        col0, col1 = (0, width) if cols is None else (int(cols[0]), int(cols[1]))
+        if len(self.x_shape) != 4 or geom.dtype != np.int64 or geom.shape != (10,):
+            raise ValueError("patches_dac_into: an NHWC input and conv_geometry(...) expected")
+        if not 0 <= col0 < col1 <= width:
+            raise ValueError(f"patches_dac_into: output columns {cols} outside the {width} of "
+                             f"the layer")
+        if (runs.dtype != np.int64 or runs.ndim != 2 or runs.shape[1] != 5
+                or not _runs_fit(runs, self.x_shape[3], int(geom[1]), int(geom[0] * geom[1]), k)):
+            raise ValueError(f"patches_dac_into: runs must be int64 (R, 5) inside the input "
+                             f"channels, the kernel taps (one kernel row per run of taps, all "
+                             f"channels) and the {k} patch columns")
+        bounds = np.ascontiguousarray(bounds, np.int64)
+        if bounds.ndim != 2 or bounds.shape[1] != 2 or (
+                bounds.size and (bounds.min() < 0 or bounds.max() > k)):
+            raise ValueError("patches_dac_into: row bounds outside the patch")
+        self.geom, self.runs, self.bounds, self.k = geom, runs, bounds, k
+        self.levels = levels_of(bits)
+        self.col0, self.col1 = col0, col1
+        self.rows = self.x_shape[0] * int(geom[8]) * (col1 - col0)
+
+    def __call__(self, x: np.ndarray, row0: int, row1: int, out: np.ndarray,
+                 absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if (x.dtype != np.float32 or x.shape != self.x_shape or not x.flags.c_contiguous
+                or out.dtype != np.float32 or out.ndim != 2 or out.shape[1] != self.k
+                or not out.flags.c_contiguous):
+            raise ValueError(f"patches_dac_into: C-contiguous float32 input {self.x_shape} and "
+                             f"out (rows, {self.k}) expected, got {x.dtype} {x.shape} and "
+                             f"{out.dtype} {out.shape}")
+        if not 0 <= row0 <= row1 <= self.rows or out.shape[0] < row1 - row0:
+            raise ValueError(f"patches_dac_into: rows [{row0}, {row1}) outside the {self.rows} "
+                             f"patch rows or the {out.shape[0]} of out")
+        if (absmax.dtype != np.float32 or absmax.ndim != 2 or absmax.shape[1] != len(self.bounds)
+                or absmax.shape[0] < row1 - row0 or not absmax.flags.c_contiguous):
+            raise ValueError(f"patches_dac_into: absmax must be C-contiguous float32 with "
+                             f"{len(self.bounds)} columns")
+        _patches_dac_kernel(x, self.geom, row0, row1, self.runs, self.bounds, self.levels, out,
+                            absmax, self.col0, self.col1)
+        return out, absmax
+
+
 def patches_dac_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs: np.ndarray,
                      bounds: np.ndarray, bits: int | None, out: np.ndarray, absmax: np.ndarray,
                      cols: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`patches_into` and the DAC of :func:`dac_quantize_into` (row blocks ``bounds`` of the
     run layout's columns) in one pass: each row is quantized while it is in cache. ``cols`` =
     (w0, w1): only the output pixels of columns w0 .. w1-1 of every output row are rows (the
-    pixels one copy of a replicated layer computes), (image, oy, ox) flattened as before."""
-    _check_patches(x, geom, row0, row1, runs, out, "patches_dac_into", cols)
-    bounds = np.ascontiguousarray(bounds, np.int64)
-    if (absmax.dtype != np.float32 or absmax.ndim != 2 or absmax.shape[1] != len(bounds)
-            or absmax.shape[0] < row1 - row0 or not absmax.flags.c_contiguous):
-        raise ValueError(f"patches_dac_into: absmax must be C-contiguous float32 with "
-                         f"{len(bounds)} columns")
-    if bounds.size and (bounds.min() < 0 or bounds.max() > out.shape[1]):
-        raise ValueError("patches_dac_into: row bounds outside the patch")
-    col0, col1 = (0, int(geom[9])) if cols is None else (int(cols[0]), int(cols[1]))
-    _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels_of(bits), out, absmax, col0,
-                        col1)
-    return out, absmax
+    pixels one copy of a replicated layer computes), (image, oy, ox) flattened as before.
+    (:class:`PatchesDac` checks the fixed arguments once for many calls.)"""
+    if out.ndim != 2:
+        raise ValueError("patches_dac_into: out must be (rows, K)")
+    return PatchesDac(x.shape, geom, runs, bounds, bits, out.shape[1], cols)(
+        x, row0, row1, out, absmax)
 
 
 @njit(**_FAST)
@@ -600,9 +644,13 @@ def _convert(y, z, in_scale, sigma, bound, levels, step, inv_step):
 @njit(**_FAST)
 def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residual, lo, hi,
                      in_scale, bound, levels, sigma, k0, k1, stream, row_start, noise, acc,
-                     out, counts):
+                     out, counts, out_row0, col0, span, row_pixels):
     nb, rows, wb = y.shape
     ncols = out.shape[1]
+    # block row p is pixel out_row0 + p of a part that computes output columns [col0, col0 +
+    # span) of every output row of ``row_pixels`` pixels; out and residual hold every pixel
+    line = (out_row0 // span) if span > 0 else 0
+    ox = col0 + out_row0 - line * span
     w4 = (wb + 3) // 4
     step = bound / _f32(levels) if levels > 0 else _f32(0.0)
     inv_step = _f32(levels) / bound if levels > 0 else _f32(0.0)
@@ -623,7 +671,11 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
         for p in range(rows):
             yb = np.uint64(p * wb)
             nz = np.uint64(p * w4 * 4)
-            ob = np.uint64(p) * nc
+            ob = np.uint64(line * row_pixels + ox) * nc
+            ox += 1
+            if ox == col0 + span:
+                ox = col0
+                line += 1
             am = absmax[p, 0]
             for j in range(nc):
                 z = noise[nz + j] if sigma > 0.0 else _f32(0.0)   # no noise: no buffer to read
@@ -659,9 +711,14 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
                 zero_n[j] += np.int32(v == 0.0)
                 acc[ab + j] += v * am * cf[cb + j]
     for p in range(rows):
-        ob = np.uint64(p) * nc
+        ab = np.uint64(p) * nc
+        ob = np.uint64(line * row_pixels + ox) * nc
+        ox += 1
+        if ox == col0 + span:
+            ox = col0
+            line += 1
         for n in range(nc):
-            v = acc[ob + n] + offset[n]
+            v = acc[ab + n] + offset[n]
             if use_residual:
                 v = v + rf[ob + n]
             v = lo if v < lo else v
@@ -688,12 +745,91 @@ def _zeros_f32(n: int) -> np.ndarray:
     return out
 
 
+class AdcRows:
+    """:func:`adc_rows_into` for one layer's output stage: the column ranges, per-column factors,
+    offset, converter, noise and clamp checked once; each call checks only what changes (the
+    block's rows, buffers, noise key and placement). An inference pass makes one per layer."""
+
+    def __init__(self, col_ranges: np.ndarray, colscale: np.ndarray, *, width: int,
+                 bound: float | None, bits: int | None, in_scale: float = 1.0,
+                 noise_sigma: float = 0.0, offset: np.ndarray | None = None,
+                 clamp: tuple[float, float] | None = None):
+        col_ranges = np.ascontiguousarray(col_ranges, np.int64)
+        nb = len(col_ranges)
+        if colscale.dtype != np.float32 or colscale.ndim != 2 or colscale.shape[0] != nb or \
+                not colscale.flags.c_contiguous:
+            raise ValueError(f"adc_rows_into: colscale must be C-contiguous float32 ({nb}, N)")
+        ncols = colscale.shape[1]
+        if col_ranges.shape != (nb, 2) or not _ranges_fit(col_ranges, ncols, width):
+            raise ValueError("adc_rows_into: column ranges do not fit y and out")
+        if bits is not None and bound is None:
+            raise ValueError("adc_rows_into: a quantizing ADC needs an output bound")
+        if offset is None:
+            offset = _zeros_f32(ncols)
+        elif offset.dtype != np.float32 or offset.shape != (ncols,):
+            raise ValueError(f"adc_rows_into: offset must be float32 ({ncols},)")
+        if noise_sigma < 0:
+            raise ValueError("adc_rows_into: noise_sigma must be >= 0")
+        lo, hi = (-np.inf, np.inf) if clamp is None else clamp
+        self.nb, self.width, self.ncols = nb, int(width), ncols
+        self.col_ranges, self.colscale, self.offset = col_ranges, colscale, offset
+        self.noisy = noise_sigma > 0
+        # the kernel's fixed arguments after (..., offset, residual, use_residual)
+        self.converter = (np.float32(lo), np.float32(hi), np.float32(in_scale),
+                          np.float32(np.inf if bound is None else bound), levels_of(bits),
+                          np.float32(noise_sigma))
+
+    def __call__(self, y: np.ndarray, absmax: np.ndarray, out: np.ndarray, *, key: int = 0,
+                 stream: int = 0, row_start: int = 0, residual: np.ndarray | None = None,
+                 counts: np.ndarray | None = None, scratch=None,
+                 pixels: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        nb, rows, wb = y.shape
+        row0, col0, span, row_pixels = (0, 0, 1, 1) if pixels is None else pixels
+        if pixels is not None:
+            span -= col0
+            if rows and not (row0 >= 0 and 0 <= col0 and span > 0 and col0 + span <= row_pixels):
+                raise ValueError(f"adc_rows_into: pixels {pixels} are not (r0, w0, w1, wo) with "
+                                 f"0 <= w0 < w1 <= wo")
+        last = row0 + rows - 1
+        needed = (last // span) * row_pixels + col0 + last % span + 1 if rows else 0
+        if (y.dtype != np.float32 or nb != self.nb or wb != self.width
+                or out.dtype != np.float32 or out.ndim != 2 or out.shape[1] != self.ncols
+                or out.shape[0] < needed or (pixels is None and out.shape[0] != rows)
+                or not (y.flags.c_contiguous and out.flags.c_contiguous)):
+            raise ValueError(f"adc_rows_into: C-contiguous float32 y ({self.nb}, P, "
+                             f"{self.width}) and out (P, {self.ncols}) expected, got {y.dtype} "
+                             f"{y.shape} and {out.dtype} {out.shape}")
+        if absmax.dtype != np.float32 or absmax.shape != (rows, nb):
+            raise ValueError(f"adc_rows_into: absmax must be float32 {(rows, nb)}")
+        if residual is not None and (residual.dtype != np.float32 or residual.shape != out.shape
+                                     or not residual.flags.c_contiguous):
+            raise ValueError("adc_rows_into: residual must be C-contiguous float32 shaped like "
+                             "out")
+        if counts is None:
+            counts = np.zeros(2, np.int64)
+        elif counts.shape != (2,) or counts.dtype != np.int64:
+            raise ValueError("adc_rows_into: counts must be int64 (2,)")
+        if row_start < 0:
+            raise ValueError("adc_rows_into: row_start must be >= 0")
+        size = rows * nb * ((wb + 3) // 4) * 4 if self.noisy else 4
+        if scratch is None:
+            noise, acc = np.empty(size, np.float32), np.empty(rows * self.ncols, np.float32)
+        else:
+            noise, acc = scratch("adc.noise", (size,)), scratch("adc.acc", (rows * self.ncols,))
+        k0, k1 = key_words(key)
+        return _adc_rows_kernel(y, self.col_ranges, absmax, self.colscale, self.offset,
+                                _NONE_2D if residual is None else residual, residual is not None,
+                                *self.converter, k0, k1, stream, row_start, noise, acc, out,
+                                counts, row0, col0, span, row_pixels)
+
+
 def adc_rows_into(y: np.ndarray, col_ranges: np.ndarray, absmax: np.ndarray,
                   colscale: np.ndarray, out: np.ndarray, *, bound: float | None, bits: int | None,
                   in_scale: float = 1.0, noise_sigma: float = 0.0, key: int = 0, stream: int = 0,
                   row_start: int = 0, offset: np.ndarray | None = None,
                   residual: np.ndarray | None = None, clamp: tuple[float, float] | None = None,
-                  counts: np.ndarray | None = None, scratch=None) -> np.ndarray:
+                  counts: np.ndarray | None = None, scratch=None,
+                  pixels: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """ADC of every conversion of a block of rows, digital sum of the row-block partial sums and
     the layer's output stage, float32 throughout, in one pass.
 
@@ -706,49 +842,18 @@ def adc_rows_into(y: np.ndarray, col_ranges: np.ndarray, absmax: np.ndarray,
     2^(bits-1) - 1 per side (None: no rounding), then multiplied by the input abs-max ``absmax``
     (P, B) and the per-column factor ``colscale`` (B, N) and summed over the row blocks; plus
     ``offset`` (N,), plus ``residual`` (P, N), clamped to ``clamp`` into ``out`` (P, N).
-    ``counts`` (2,) int64 accumulates the conversions that clipped and that read zero."""
-    nb, rows, wb = y.shape
-    ncols = out.shape[1]
-    if (y.dtype != np.float32 or out.dtype != np.float32 or out.shape[0] != rows
-            or not (y.flags.c_contiguous and out.flags.c_contiguous)):
-        raise ValueError(f"adc_rows_into: C-contiguous float32 y (B, P, W) and out (P, N) "
-                         f"expected, got {y.dtype} {y.shape} and {out.dtype} {out.shape}")
-    col_ranges = np.ascontiguousarray(col_ranges, np.int64)
-    if col_ranges.shape != (nb, 2) or not _ranges_fit(col_ranges, ncols, wb):
-        raise ValueError("adc_rows_into: column ranges do not fit y and out")
-    if absmax.dtype != np.float32 or absmax.shape != (rows, nb):
-        raise ValueError(f"adc_rows_into: absmax must be float32 {(rows, nb)}")
-    if (colscale.dtype != np.float32 or colscale.shape != (nb, ncols)
-            or not colscale.flags.c_contiguous):
-        raise ValueError(f"adc_rows_into: colscale must be C-contiguous float32 {(nb, ncols)}")
-    if bits is not None and bound is None:
-        raise ValueError("adc_rows_into: a quantizing ADC needs an output bound")
-    if offset is None:
-        offset = _zeros_f32(ncols)
-    elif offset.dtype != np.float32 or offset.shape != (ncols,):
-        raise ValueError(f"adc_rows_into: offset must be float32 ({ncols},)")
-    if residual is not None and (residual.dtype != np.float32 or residual.shape != out.shape
-                                 or not residual.flags.c_contiguous):
-        raise ValueError("adc_rows_into: residual must be C-contiguous float32 shaped like out")
-    if counts is None:
-        counts = np.zeros(2, np.int64)
-    elif counts.shape != (2,) or counts.dtype != np.int64:
-        raise ValueError("adc_rows_into: counts must be int64 (2,)")
-    if noise_sigma < 0 or row_start < 0:
-        raise ValueError("adc_rows_into: noise_sigma and row_start must be >= 0")
-    size = rows * nb * ((wb + 3) // 4) * 4 if noise_sigma > 0 else 4
-    if scratch is None:
-        noise, acc = np.empty(size, np.float32), np.empty(rows * ncols, np.float32)
-    else:
-        noise, acc = scratch("adc.noise", (size,)), scratch("adc.acc", (rows * ncols,))
-    k0, k1 = key_words(key)
-    lo, hi = (-np.inf, np.inf) if clamp is None else clamp
-    return _adc_rows_kernel(y, col_ranges, absmax, colscale, offset,
-                            _NONE_2D if residual is None else residual, residual is not None,
-                            np.float32(lo), np.float32(hi), np.float32(in_scale),
-                            np.float32(np.inf if bound is None else bound), levels_of(bits),
-                            np.float32(noise_sigma), k0, k1, stream, row_start, noise, acc, out,
-                            counts)
+    ``counts`` (2,) int64 accumulates the conversions that clipped and that read zero.
+    ``pixels`` = (r0, w0, w1, wo): the P rows are the output pixels r0 .. r0 + P - 1 of the ones
+    in columns [w0, w1) of output rows of wo pixels (what one copy of a replicated layer
+    computes: (image, oy, ox) flattened), and ``out`` and ``residual`` hold every pixel: each row
+    goes to (and reads the residual of) its own pixel there. (:class:`AdcRows` checks the fixed
+    arguments once for many calls.)"""
+    if y.ndim != 3:
+        raise ValueError(f"adc_rows_into: y must be (B, P, W), got {y.shape}")
+    adc = AdcRows(col_ranges, colscale, width=y.shape[2], bound=bound, bits=bits,
+                  in_scale=in_scale, noise_sigma=noise_sigma, offset=offset, clamp=clamp)
+    return adc(y, absmax, out, key=key, stream=stream, row_start=row_start, residual=residual,
+               counts=counts, scratch=scratch, pixels=pixels)
 
 
 # ------------------------------------------------------------------------------------------

@@ -339,6 +339,44 @@ def test_adc_matches_twin(bound, bits, sigma, blocks):
     np.testing.assert_array_equal(halves, full)
 
 
+@pytest.mark.parametrize("blocks", ["one", "two"])
+def test_adc_places_a_copys_rows_at_their_pixels(blocks):
+    """pixels=(r0, w0, w1, wo): block row p is pixel r0 + p of those in columns [w0, w1) of rows
+    of wo pixels; it lands on (and adds the residual of) its own pixel in the full output, with
+    the same values and noise as a part-sized output gathered from there."""
+    rng = np.random.default_rng(5)
+    nb = 1 if blocks == "one" else 2
+    lines, wo, w0, w1, ncols = 3, 7, 2, 5, 8           # 3 output rows of 7 pixels; copy: 2..4
+    span = w1 - w0
+    ranges = np.array([[0, ncols]] * nb)
+    y = rng.standard_normal((nb, lines * span, ncols)).astype(np.float32)
+    absmax = rng.uniform(0.5, 2, (lines * span, nb)).astype(np.float32)
+    colscale = rng.uniform(0.5, 2, (nb, ncols)).astype(np.float32)
+    residual = rng.standard_normal((lines * wo, ncols)).astype(np.float32)
+    kw = dict(bound=2.0, bits=8, noise_sigma=0.05, key=11, stream=3, row_start=100,
+              offset=rng.standard_normal(ncols).astype(np.float32), clamp=(0.0, np.inf))
+    part_res = np.ascontiguousarray(residual.reshape(lines, wo, ncols)[:, w0:w1]).reshape(-1, ncols)
+    want = np.empty((lines * span, ncols), np.float32)
+    kernels.adc_rows_into(y, ranges, absmax, colscale, want, residual=part_res, **kw)
+    full = np.full((lines * wo, ncols), -7.0, np.float32)
+    r0 = 4                                                # a block of rows 4 .. 8 of the copy
+    kw["row_start"] += r0
+    kernels.adc_rows_into(np.ascontiguousarray(y[:, r0:]), ranges, absmax[r0:], colscale, full,
+                          residual=residual, pixels=(r0, w0, w1, wo), **kw)
+    grid = full.reshape(lines, wo, ncols)
+    placed = grid[:, w0:w1].reshape(-1, ncols)
+    np.testing.assert_array_equal(placed[r0:], want[r0:])
+    untouched = np.ones((lines, wo), bool)
+    untouched[:, w0:w1] = False
+    untouched.reshape(-1)[[(i // span) * wo + w0 + i % span for i in range(r0)]] = True
+    assert np.all(grid[untouched] == -7.0)
+    with pytest.raises(ValueError, match="pixels"):
+        kernels.adc_rows_into(y, ranges, absmax, colscale, full, pixels=(0, 5, 5, wo), **kw)
+    with pytest.raises(ValueError, match="out"):          # the last pixel is beyond out
+        kernels.adc_rows_into(y, ranges, absmax, colscale, full[:2 * wo + w1 - 1], residual=None,
+                              pixels=(0, w0, w1, wo), **{**kw, "clamp": None})
+
+
 def test_adc_known_values():
     # bound 12, 8 bits: step 12/127; 47/127 -> 4 steps, 66.5/127 -> 6 steps, 20 -> clipped to 12
     y = np.array([[[47 / 127, 66.5 / 127, 20.0]]], np.float32)

@@ -1067,6 +1067,13 @@ def _relu_grad_kernel(g, y, factors, dx):
 
 
 @njit(cache=True, nogil=True)
+def _relu_grad_sum_kernel(g1, g2, y, factors, dx):
+    for i in range(g1.shape[0]):
+        dx[i] = (g1[i] + g2[i]) * (factors[1] if y[i] > 0 else factors[0])
+    return dx
+
+
+@njit(cache=True, nogil=True)
 def _bn_grad_sums_kernel(g, a, mean, inv_std, r0, r1, out):
     c = a.shape[1]
     sg = np.zeros(c)
@@ -1138,6 +1145,17 @@ def relu_grad_into(g: np.ndarray, y: np.ndarray, dx: np.ndarray) -> np.ndarray:
             or g.ndim != 1 or g.shape != y.shape or g.shape != dx.shape):
         raise ValueError("relu_grad_into: 1-D float32 or float64 arrays of one shape expected")
     return _relu_grad_kernel(g, y, np.array([0, 1], g.dtype), dx)
+
+
+def relu_grad_sum_into(g1: np.ndarray, g2: np.ndarray, y: np.ndarray, dx: np.ndarray
+                       ) -> np.ndarray:
+    """:func:`relu_grad_into` of the sum of two gradients, in one pass: ``dx = (g1 + g2) * (y >
+    0)``, the bits of numpy's sum and then its product with the mask. 1-D arrays of one float
+    dtype; ``dx`` may be ``g1`` or ``g2``."""
+    if (len({g1.dtype, g2.dtype, y.dtype, dx.dtype}) != 1 or g1.dtype not in (np.float32, np.float64)
+            or g1.ndim != 1 or not g1.shape == g2.shape == y.shape == dx.shape):
+        raise ValueError("relu_grad_sum_into: 1-D float32 or float64 arrays of one shape expected")
+    return _relu_grad_sum_kernel(g1, g2, y, np.array([0, 1], g1.dtype), dx)
 
 
 def batchnorm_grad_sums_into(g: np.ndarray, a: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,

@@ -47,8 +47,10 @@ from .atomic import atomic_write_bytes
 from .datasets import Dataset, augment_cifar
 from .errors import ArchsimError
 from .layers import Pass, Tape
+from .layers.matrix import Conv2d
 from .layers.pointwise import BatchNorm, Relu
 from .layers.tensor import Add
+from .kernels import relu_grad_sum_into
 from .network import INPUT, Network, Workspace, init_params, predict, walk
 from .threads import Workers, element_chunks, training_threads
 from .progress import Progress
@@ -152,6 +154,31 @@ def relu_after(net: Network) -> frozenset:
                      and isinstance(net.layer(users[layer.name][0]), Relu))
 
 
+def relu_grad_fusions(net: Network, tape: Tape) -> tuple[dict[str, str], frozenset]:
+    """The ReLUs whose gradient mask the backward pass applies in another pass over the same
+    activation, with the same numbers as their own backward (one pass fewer each):
+
+    - ReLU -> the Conv2d that is its only consumer and ran its training pass in chunks (it saved
+      its input, the ReLU's output): that conv masks its input gradient chunk by chunk;
+    - the ReLUs with several consumers (a residual join): the pass that adds the last of their
+      gradient terms applies the mask to the sum."""
+    users = net.consumers()
+    masked, summed = {}, set()
+    for layer in net.layers:
+        if not isinstance(layer, Relu) or layer.inputs[0] == INPUT or layer.name == net.output:
+            continue
+        consumers = users[layer.name]
+        if len(consumers) > 1:
+            summed.add(layer.name)
+            continue
+        conv = net.layer(consumers[0]) if consumers else None
+        saved = tape.saved.get(conv.name, ()) if conv is not None else ()
+        if (isinstance(conv, Conv2d) and conv.inputs == (layer.name,) and len(saved) > 0
+                and isinstance(saved[0], str) and saved[0] == "chunked"):
+            masked[layer.name] = conv.name
+    return masked, frozenset(summed)
+
+
 def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: bool = False,
              workspace: Workspace | None = None, workers: Workers | None = None
              ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -161,12 +188,22 @@ def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: boo
     weight and bias); with a train-mode tape BatchNorm differentiates through the batch statistics.
     Layers run in reverse graph order; gradients of activations used twice are summed.
     """
+    # ReLUs whose gradient mask another pass applies: their single consumer conv's, or the
+    # pass that sums the gradients of their consumers (the last sum, with the mask)
+    masked, summed = relu_grad_fusions(net, tape)
+    premasked: set[str] = set(masked)
     run = Pass({}, workspace if workspace is not None else Workspace(), dtype=dout.dtype,
-               workers=workers)
+               workers=workers, relu_mask=frozenset(masked.values()))
     grads: dict[str, np.ndarray] = {}
     dvals: dict[str, np.ndarray] = {net.output: dout}
+    # gradient terms still to come per activation (a consumer's every input slot gives one)
+    pending: dict[str, int] = {}
+    for layer in net.layers:
+        for src in layer.inputs:
+            pending[src] = pending.get(src, 0) + 1
 
     def accumulate(src: str, g: np.ndarray) -> None:
+        pending[src] -= 1
         prev = dvals.get(src)
         if prev is None:
             dvals[src] = g
@@ -175,17 +212,29 @@ def backward(net: Network, tape: Tape, dout: np.ndarray, *, need_input_grad: boo
             dvals[src] = prev + g
         else:
             # the sum into this activation's scratch (never another layer's array; it may be
-            # the sum of its earlier consumers), in chunks on the workers
+            # the sum of its earlier consumers), in chunks on the workers; the last term of a
+            # ReLU's output gradient takes its mask in the same pass
             out = run.workspace.get("grad-sum/" + src, g.shape, g.dtype)
             p1, g1, o1 = prev.reshape(-1), g.reshape(-1), out.reshape(-1)
             parts = element_chunks(o1)
-            run.run_chunks(lambda i, w: np.add(p1[parts[i]], g1[parts[i]], out=o1[parts[i]]),
-                           len(parts))
+            y = tape.saved.get(src, (None,))[0] if src in summed and pending[src] == 0 else None
+            if y is not None and y.shape == g.shape and y.dtype == g.dtype and \
+                    y.flags.c_contiguous and g.dtype in (np.float32, np.float64):
+                y1 = y.reshape(-1)
+                run.run_chunks(lambda i, w: relu_grad_sum_into(
+                    p1[parts[i]], g1[parts[i]], y1[parts[i]], o1[parts[i]]), len(parts))
+                premasked.add(src)
+            else:
+                run.run_chunks(lambda i, w: np.add(p1[parts[i]], g1[parts[i]],
+                                                   out=o1[parts[i]]), len(parts))
             dvals[src] = out
 
     for layer in reversed(net.layers):
         g = dvals.pop(layer.name, None)
         if g is None:           # the layer does not influence the loss
+            continue
+        if layer.name in premasked:     # another pass applied its mask: g is its input's gradient
+            accumulate(layer.inputs[0], g)
             continue
         need = [src != INPUT or need_input_grad for src in layer.inputs]
         dxs, layer_grads = layer.backward(g, tape.saved.get(layer.name, ()), need, run)

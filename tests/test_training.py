@@ -603,3 +603,32 @@ def test_relu_fused_into_batchnorm_and_add_changes_no_bit(monkeypatch):
                for k in tape0.batch_stats for i in (0, 1))
     assert grads.keys() == grads0.keys()
     assert all(grads[k].tobytes() == grads0[k].tobytes() for k in grads0)
+
+
+def test_relu_gradient_masks_in_other_passes_change_no_bit(monkeypatch):
+    """Backward applies a ReLU's gradient mask in the pass of its single consumer conv (ResNet:
+    the ReLU inside each block) or in the sum of its consumers' gradients (the ReLU after each
+    residual join but the last): every gradient is the bits of the ReLUs' own backward."""
+    net = nw.resnet_cifar(8)
+    rng = np.random.default_rng(7)
+    params = nw.init_params(net, rng)
+    x = rng.standard_normal((6, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, 6)
+    logits, tape = forward_train(net, params, x)
+    masked, summed = training.relu_grad_fusions(net, tape)
+    assert len(masked) == 3 and all(isinstance(net.layer(c), training.Conv2d) for c in masked.values())
+    assert len(summed) == 3                 # the stem's ReLU and the first two blocks' outputs
+    dlogits = softmax_cross_entropy(logits, labels)[1]
+    seen = []
+    real_relu_grad = training.Relu.backward
+    monkeypatch.setattr(training.Relu, "backward",
+                        lambda self, *a: seen.append(self.name) or real_relu_grad(self, *a))
+    grads, dx = backward(net, tape, dlogits, need_input_grad=True)
+    assert len(seen) == 1                   # the last block's ReLU (its one consumer: the pool)
+    seen.clear()
+    monkeypatch.setattr(training, "relu_grad_fusions", lambda net, tape: ({}, frozenset()))
+    grads0, dx0 = backward(net, tape, dlogits, need_input_grad=True)
+    assert len(seen) == 7
+    assert grads.keys() == grads0.keys()
+    assert all(grads[k].tobytes() == grads0[k].tobytes() for k in grads0)
+    assert dx.tobytes() == dx0.tobytes()

@@ -140,6 +140,10 @@ class Pass:
     workers: Any = None
     # training: BatchNorm and Add layers whose only consumer is a ReLU (they may apply it)
     relu_after: frozenset = frozenset()
+    # training backward: Conv2d layers whose input is the output of a ReLU they alone use: they
+    # apply that ReLU's gradient mask to their input gradient, chunk by chunk (the ReLU's own
+    # backward then passes its gradient through)
+    relu_mask: frozenset = frozenset()
 
     def run_chunks(self, fn: Callable[[int, int], None], count: int) -> None:
         """``fn(chunk, worker)`` for every chunk index in ``range(count)`` (training)."""

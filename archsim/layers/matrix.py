@@ -412,7 +412,7 @@ class Conv2d(SquareView, MatrixLayer):
         return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
     def _backward_chunked(self, g, saved, need, run):
-        from ..kernels import col2im_hwc_into
+        from ..kernels import col2im_hwc_into, relu_grad_into
         from .ops import patches_hwc_into
         _, a, w_ohwi, parts = saved
         k, s, p = self.square
@@ -436,6 +436,10 @@ class Conv2d(SquareView, MatrixLayer):
         else:
             wparts = ws.get("train-wgrad/" + self.name, (len(parts), kdim, o), dtype)
 
+        # the input is a ReLU's output that only this layer uses: its gradient mask (x > 0)
+        # applies here, to each chunk's input gradient while it is in cache
+        mask = dx is not None and self.name in run.relu_mask
+
         def one(i, worker):
             b0, b1 = parts[i]
             nb = b1 - b0
@@ -447,16 +451,19 @@ class Conv2d(SquareView, MatrixLayer):
                 rows = slice(b0 * h * w, b1 * h * w)
                 np.matmul(gcols, w_flip, out=dx2[rows])
                 np.matmul(gcols.T, a2[rows], out=wparts[i])
-                return
-            cols = ws.get(f"train-cols/{worker}", (nb * m, kdim), dtype)
-            pad = ws.get(f"train-pad/{worker}", (nb, h + 2 * p, w + 2 * p, c), dtype)
-            patches_hwc_into(a[b0:b1], k, s, p, pad, cols)
-            gi = g2[b0 * m:b1 * m]
-            np.matmul(cols.T, gi, out=wparts[i])
-            if dx is not None:
-                dcols = ws.get(f"train-dcols/{worker}", (nb * m, kdim), dtype)
-                np.matmul(gi, w_ohwi, out=dcols)
-                col2im_hwc_into(dcols, k, s, p, b0, b1, dx)
+            else:
+                cols = ws.get(f"train-cols/{worker}", (nb * m, kdim), dtype)
+                pad = ws.get(f"train-pad/{worker}", (nb, h + 2 * p, w + 2 * p, c), dtype)
+                patches_hwc_into(a[b0:b1], k, s, p, pad, cols)
+                gi = g2[b0 * m:b1 * m]
+                np.matmul(cols.T, gi, out=wparts[i])
+                if dx is not None:
+                    dcols = ws.get(f"train-dcols/{worker}", (nb * m, kdim), dtype)
+                    np.matmul(gi, w_ohwi, out=dcols)
+                    col2im_hwc_into(dcols, k, s, p, b0, b1, dx)
+            if mask:
+                dx1, a1 = dx[b0:b1].reshape(-1), a[b0:b1].reshape(-1)
+                relu_grad_into(dx1, a1, dx1)
 
         run.run_chunks(one, len(parts))
         total = wparts.sum(axis=0)

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -71,7 +72,8 @@ from .errors import ConfigError
 from .layers import Epilogue, PatchLayout, Pass
 from .layers.matrix import grouped_weights, output_stage, patch_block_rows, run_blocks
 from .mapping import LayerMapping, Mapping, copy_key
-from .network import Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, infer
+from .network import (Layer, MatrixLayer, Network, Workspace, batchnorm_affine, forward, infer,
+                      infer_many)
 from .pcm import PCMModel, targets
 from .progress import Progress, format_time_s
 from .rng import Streams
@@ -79,6 +81,9 @@ from .rng import Streams
 DEFAULT_TIMES_S = (25.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
 # images per batch of the Monte Carlo driver: the images that share one read of the chip
 DEFAULT_BATCH_SIZE = 128
+# test batches whose chunks share the worker threads in one go (analog_forward_batches): a
+# thread done with its part of one batch goes on with the next instead of waiting at its end
+BATCHES_IN_FLIGHT = 8
 COMPENSATIONS = ("none", "gdc", "gdc+adabs")
 UNLIMITED = "unlimited"
 
@@ -773,6 +778,43 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
     ``observe(layer, y)`` sees every analog layer's conversions before the ADC (normalized units).
     The batch runs in chunks on the worker threads of :mod:`archsim.threads`; the numbers do not
     depend on the thread count."""
+    x = np.asarray(x, np.float32)
+    make_pass, finish = _analog_batch(read, x, gdc=gdc, bn=bn, noise_rng=noise_rng,
+                                      batchnorm=batchnorm, adc_counts=adc_counts, observe=observe)
+    net = read.chip.mapping.network
+    return finish(infer(net, x, make_pass, batchnorm_fusion=batchnorm is None,
+                        chunk=len(x) if batchnorm is not None else None, workspace=workspace))
+
+
+def analog_forward_batches(reads: Sequence[ChipRead], xs: Sequence[np.ndarray], *,
+                           gdc: bool = True, bn: BatchNormStats | None = None,
+                           workspace: Workspace | None = None,
+                           noise_rng: np.random.Generator | None = None,
+                           adc_counts: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """:func:`analog_forward` of batch ``xs[i]`` on read ``reads[i]``, for every i, in one go:
+    the chunks of all the batches share the worker threads (no thread waits at the end of a
+    batch for the others). The same numbers as one call per batch in this order (each batch
+    draws its ADC noise key from ``noise_rng`` in turn)."""
+    if len(reads) != len(xs):
+        raise ValueError(f"analog_forward_batches: {len(reads)} reads for {len(xs)} batches")
+    if not reads:
+        return []
+    xs = [np.asarray(x, np.float32) for x in xs]
+    jobs = [_analog_batch(r, x, gdc=gdc, bn=bn, noise_rng=noise_rng, batchnorm=None,
+                          adc_counts=adc_counts, observe=None) for r, x in zip(reads, xs)]
+    net = reads[0].chip.mapping.network
+    outs = infer_many(net, [(x, make_pass) for x, (make_pass, _) in zip(xs, jobs)],
+                      workspace=workspace)
+    return [finish(out) for out, (_, finish) in zip(outs, jobs)]
+
+
+def _analog_batch(read: ChipRead, x: np.ndarray, *, gdc: bool, bn: BatchNormStats | None,
+                  noise_rng: np.random.Generator | None, batchnorm: Callable | None,
+                  adc_counts: dict[str, np.ndarray] | None,
+                  observe: Callable[[str, np.ndarray], None] | None
+                  ) -> tuple[Callable[[int, Workspace], Pass], Callable[[np.ndarray], np.ndarray]]:
+    """One batch of :func:`analog_forward`: its passes' factory for :func:`archsim.network.infer`
+    (drawing the batch's ADC noise key now) and what finishes its logits (the ADC counts)."""
     chip = read.chip
     net = chip.mapping.network
     conv = chip.converters
@@ -878,19 +920,19 @@ def analog_forward(read: ChipRead, x: np.ndarray, *, gdc: bool = True,
                     affine=lambda layer: bn.affine[layer.name], fused_matmul=step,
                     first_image=first, shared=shared)
 
-    x = np.asarray(x, np.float32)
-    out = infer(net, x, make_pass, batchnorm_fusion=batchnorm is None,
-                chunk=len(x) if batchnorm is not None else None, workspace=workspace)
-    if adc_counts is not None:
-        for counts in chunk_counts.values():
-            for name, c in counts.items():
-                total = adc_counts.setdefault(name, np.zeros(3, np.int64))
-                total[:2] += c
-        for name, lr in read.layers.items():
-            if any(name in c for c in chunk_counts.values()):
-                rows = len(x) * int(np.prod(net.shape(name)[:-1]))
-                adc_counts.setdefault(name, np.zeros(3, np.int64))[2] += conversions(lr, rows)
-    return out
+    def finish(out: np.ndarray) -> np.ndarray:
+        if adc_counts is not None:
+            for counts in chunk_counts.values():
+                for name, c in counts.items():
+                    total = adc_counts.setdefault(name, np.zeros(3, np.int64))
+                    total[:2] += c
+            for name, lr in read.layers.items():
+                if any(name in c for c in chunk_counts.values()):
+                    rows = len(x) * int(np.prod(net.shape(name)[:-1]))
+                    adc_counts.setdefault(name, np.zeros(3, np.int64))[2] += conversions(lr, rows)
+        return out
+
+    return make_pass, finish
 
 
 def adabs(state: ChipState, calib: Dataset, *, read_rng: np.random.Generator | None,
@@ -1097,10 +1139,16 @@ def test_pass(state: ChipState, test: Dataset, streams: Streams, compensation: s
     noise_rng = streams("adc-noise", "test", compensation)
     gdc = compensation != "none"
     ws = workspace if workspace is not None else Workspace()
-    correct = _count_correct(
-        lambda xb: analog_forward(state.read(read_rng), xb, gdc=gdc, bn=bn, workspace=ws,
-                                  noise_rng=noise_rng, adc_counts=adc_counts),
-        test, batch_size, bar, note)
+    correct = 0
+    batches = test.batches(batch_size)
+    while group := list(itertools.islice(batches, BATCHES_IN_FLIGHT)):
+        logits = analog_forward_batches([state.read(read_rng) for _ in group],
+                                        [xb for xb, _ in group], gdc=gdc, bn=bn, workspace=ws,
+                                        noise_rng=noise_rng, adc_counts=adc_counts)
+        for out, (_, yb) in zip(logits, group):
+            correct += int(np.count_nonzero(np.argmax(out, axis=1) == yb))
+            if bar is not None:
+                bar.advance(len(yb), note)
     return correct / max(len(test), 1)
 
 

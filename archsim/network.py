@@ -331,28 +331,44 @@ def infer(net: Network, x: np.ndarray, make_pass: Callable[[int, Workspace], Pas
     through the fused steps of :func:`fusion_plan` with ``make_pass(first image, workspace)``, on
     the worker threads of :mod:`archsim.threads`. The results are the same on any number of
     threads."""
-    x = np.asarray(x, dtype=np.float32)
-    n = x.shape[0]
-    if n == 0:
-        empty = np.zeros((0,) + net.shape(net.output), np.float32)
-        return empty if keep is None else {net.output: empty}
+    return infer_many(net, [(x, make_pass)], keep=keep, batchnorm_fusion=batchnorm_fusion,
+                      chunk=chunk, workspace=workspace)[0]
+
+
+def infer_many(net: Network, batches: Sequence[tuple[np.ndarray, Callable[[int, Workspace], Pass]]],
+               *, keep: Callable[[str], bool] | None = None, batchnorm_fusion: bool = True,
+               chunk: int | None = None, workspace: Workspace | None = None) -> list:
+    """:func:`infer` of several batches, each ``(x, make_pass)``, in one go: the chunks of all of
+    them run on the worker threads together, so a thread that finishes its last chunk of one
+    batch goes on with the next batch instead of waiting for the others (the numbers of each
+    batch are those of :func:`infer` on it alone)."""
     steps = fusion_plan(net, batchnorm=batchnorm_fusion, keep=keep)
-    bounds = chunk_bounds(net, n, chunk)
-    count = len(bounds)
     ws = workspace if workspace is not None else Workspace()
-    parts: list = [None] * count
+    xs = [np.asarray(x, dtype=np.float32) for x, _ in batches]
+    tasks = [(b, i0, i1) for b, x in enumerate(xs) if len(x)
+             for i0, i1 in chunk_bounds(net, x.shape[0], chunk)]
+    parts: list = [None] * len(tasks)
 
     def task(i: int, slot: int) -> None:
-        i0, i1 = bounds[i]
-        parts[i] = run_steps(net, x[i0:i1], steps, make_pass(i0, ws.worker(slot)), keep=keep)
+        b, i0, i1 = tasks[i]
+        parts[i] = run_steps(net, xs[b][i0:i1], steps, batches[b][1](i0, ws.worker(slot)),
+                             keep=keep)
 
     with threads.inference_threads():
-        threads.run_chunks(task, count)
-    if count == 1:
-        return parts[0]
-    if keep is None:
-        return np.concatenate(parts)
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        threads.run_chunks(task, len(tasks))
+    outs = []
+    for b, x in enumerate(xs):
+        mine = [parts[i] for i, t in enumerate(tasks) if t[0] == b]
+        if not mine:
+            empty = np.zeros((0,) + net.shape(net.output), np.float32)
+            outs.append(empty if keep is None else {net.output: empty})
+        elif len(mine) == 1:
+            outs.append(mine[0])
+        elif keep is None:
+            outs.append(np.concatenate(mine))
+        else:
+            outs.append({name: np.concatenate([p[name] for p in mine]) for name in mine[0]})
+    return outs
 
 
 def matrix_input(layer: MatrixLayer, x: np.ndarray, workspace: Workspace | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ wall times, the speed-up of processes over threads, and whether the joined resul
 threaded one bit for bit (a chip's draws depend on its index alone, and the numbers on no thread
 count).
 
-    python benchmarks/bench_chips.py [--chips 2] [--images 10000] [--times 25s,1d] [--blas native]
+    python benchmarks/bench_chips.py [--chips 2] [--images 10000] [--times 25s,1d] [--blas as-set]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ CIFAR-10 test images (issue 14):
 - archsim's full analog evaluation at 1 day on the hybrid chip: programming, drift, the GDC
   readout, then for every batch a fresh read of the whole chip (read noise), DAC, the arrays, ADC
   with its default output noise, GDC factors and the digital periphery (what one test pass of
-  archsim.functional.evaluate_accuracy does).
+  archsim.functional.evaluate_accuracy does, F.BATCHES_IN_FLIGHT batches at a time).
 
     python benchmarks/bench_functional.py [--images 10000] [--rounds 10]
 
@@ -26,8 +26,9 @@ dependency. Needs ../shared/data (or $ARCHSIM_DATA).
 BLAS kernels: onnxruntime brings its own AVX-512 GEMMs; archsim's GEMMs are numpy's OpenBLAS,
 whose kernels follow OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE where they are set (this project's
 machines set Haswell and 512 for older OpenBLAS builds: AVX2 kernels, half the vector width of
-their AVX-512 CPUs). ``--blas native`` restarts the benchmark without both, numpy's OpenBLAS
-choosing its kernels as it does on a machine without them (see benchmarks/blas_kernels.py).
+their AVX-512 CPUs). By default (``--blas native``) the benchmark restarts without both, numpy's
+OpenBLAS choosing its kernels as it does on a machine without them; ``--blas as-set`` keeps the
+environment's (see benchmarks/blas_kernels.py).
 The benchmark also times the matrix products alone (benchmarks/gemm_bound.py: the same GEMMs,
 blocks, chunks and threads, nothing else) and prints what that ceiling allows: no change outside
 BLAS takes a pass beyond it.
@@ -126,9 +127,22 @@ class Engines:
     def fp32(self, x: np.ndarray) -> np.ndarray:
         return forward(self.net, self.params, x, workspace=self.ws["fp32"])
 
-    def analog(self, x: np.ndarray) -> np.ndarray:
-        return F.analog_forward(self.state.read(self.read_rng), x, gdc=True,
-                                workspace=self.ws["analog"], noise_rng=self.noise_rng)
+    def analog(self, x: np.ndarray, batch: int) -> np.ndarray:
+        """Up to F.BATCHES_IN_FLIGHT batches of ``batch`` images (one read each) in one go, as a
+        test pass of the accuracy driver runs them (archsim.functional.test_pass)."""
+        xs = [x[i:i + batch] for i in range(0, len(x), batch)]
+        reads = [self.state.read(self.read_rng) for _ in xs]
+        return np.concatenate(F.analog_forward_batches(reads, xs, gdc=True,
+                                                       workspace=self.ws["analog"],
+                                                       noise_rng=self.noise_rng))
+
+
+def engine_call(eng: Engines, name: str, batch: int):
+    """(images per call, call(x) -> logits) of an engine at a batch size: the analog evaluation
+    takes F.BATCHES_IN_FLIGHT batches per call, the others one."""
+    if name == "analog":
+        return batch * F.BATCHES_IN_FLIGHT, lambda x: eng.analog(x, batch)
+    return batch, getattr(eng, name)
 
 
 def timed(fn, x: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
@@ -148,11 +162,11 @@ def probe_batch_sizes(eng: Engines, x: np.ndarray, xc: np.ndarray, sizes, probe:
     """Images/s of each engine at each batch size on the first ``probe`` images (best of 2)."""
     out = {}
     for name in ("ort", "fp32", "analog"):
-        fn = getattr(eng, name)
         data = xc if name == "ort" else x
         rates = {}
         for b in sizes:
-            best = min(timed(fn, data[:probe], b)[0] for _ in range(2))
+            per_call, fn = engine_call(eng, name, b)
+            best = min(timed(fn, data[:probe], per_call)[0] for _ in range(2))
             rates[b] = probe / best
         out[name] = rates
     return out
@@ -181,7 +195,8 @@ def main(argv=None) -> int:
           f"({blas_kernels.pins_text()})", flush=True)
     if cpu_has_avx512() and any(k in blas_text() for k in ("Haswell", "Zen")):
         print("note: this CPU has AVX-512 (onnxruntime uses it) but OpenBLAS runs its AVX2 "
-              "kernels, as the environment pins them; --blas native compares like with like")
+              "kernels, as the environment pins them (--blas as-set); --blas native compares like "
+              "with like")
     eng = Engines(args)
     test = load_workload(REPO / "workloads" / "resnet32_cifar10.yaml").dataset("test")
     n = min(args.images, len(test))
@@ -193,7 +208,7 @@ def main(argv=None) -> int:
     # warm-up, not timed: numba compilation (or its cache), BLAS and ORT start-up
     eng.program(0)
     warm = slice(0, min(64, n))
-    eng.ort(xc[warm]), eng.fp32(x[warm]), eng.analog(x[warm])
+    eng.ort(xc[warm]), eng.fp32(x[warm]), eng.analog(x[warm], args.analog_batch_size)
 
     batch = {"ort": args.batch_size, "fp32": args.batch_size, "analog": args.analog_batch_size}
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
@@ -224,8 +239,8 @@ def main(argv=None) -> int:
     for r in range(rounds):
         part = slice(edges[r], edges[r + 1])
         for name in order[r % 3:] + order[:r % 3]:
-            fn = getattr(eng, name)
-            dt, cpu, p = timed_cpu(fn, xc[part] if name == "ort" else x[part], batch[name])
+            per_call, fn = engine_call(eng, name, batch[name])
+            dt, cpu, p = timed_cpu(fn, xc[part] if name == "ort" else x[part], per_call)
             seconds[name] += dt
             cpu_s[name] += cpu
             preds[name].append(p)

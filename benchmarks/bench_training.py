@@ -20,7 +20,8 @@ split into forward and backward, and the training step's matrix products alone
 (benchmarks/gemm_bound.py: every layer's forward, input-gradient and weight-gradient GEMMs on the
 same chunks and threads, nothing else): the ceiling no change outside BLAS passes. numpy's
 OpenBLAS picks its GEMM kernels per CPU (printed) unless OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
-pin them; ``--blas native`` runs without both (benchmarks/blas_kernels.py).
+pin them; the benchmark runs without both (``--blas native``, the default; ``--blas as-set``
+keeps them: benchmarks/blas_kernels.py).
 """
 
 from __future__ import annotations

@@ -7,9 +7,12 @@ project's do: Haswell and 512) because older OpenBLAS builds misdetect newer CPU
 numpy they pin slower kernels (here AVX2 kernels on an AVX-512 CPU). onnxruntime brings its own
 kernels and reads neither. Tests and CI keep the machine's settings; a benchmark runs with
 
-- ``--blas as-set`` (default): the environment as it is;
-- ``--blas native``: both variables removed, numpy's OpenBLAS choosing for itself - how a current
-  numpy runs on a machine without them, and the like-with-like comparison with onnxruntime;
+- ``--blas native`` (default): both variables removed in the benchmark's own process, numpy's
+  OpenBLAS choosing for itself - how a current numpy runs on a machine without them, the
+  like-with-like comparison with onnxruntime, and what this project's machine notes ask of a
+  benchmark (unset both together, in that command alone, and check the kernel it then runs:
+  every speed benchmark prints it);
+- ``--blas as-set``: the environment as it is (here: the pinned AVX2 kernels);
 - ``--blas-coretype NAME``: OPENBLAS_CORETYPE=NAME (after ``--blas``).
 
 OpenBLAS reads the variables once, when it loads: :func:`choose` restarts the script with the
@@ -23,6 +26,7 @@ import os
 import sys
 
 PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+DEFAULT = "native"
 
 
 def _option(argv: list[str], flag: str) -> str | None:
@@ -37,7 +41,7 @@ def _option(argv: list[str], flag: str) -> str | None:
 def environment(argv: list[str], env: dict[str, str]) -> dict[str, str]:
     """The environment the command line ``argv`` asks the benchmark to run in."""
     out = dict(env)
-    if _option(argv, "--blas") == "native":
+    if (_option(argv, "--blas") or DEFAULT) == "native":
         for name in PINS:
             out.pop(name, None)
     core = _option(argv, "--blas-coretype")
@@ -55,10 +59,11 @@ def choose(argv: list[str]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--blas", choices=("as-set", "native"), default="as-set",
-                        help="OpenBLAS kernels: as the environment sets them (default) or "
-                             "'native': without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, numpy's "
-                             "OpenBLAS choosing for this CPU (see benchmarks/blas_kernels.py)")
+    parser.add_argument("--blas", choices=("as-set", "native"), default=DEFAULT,
+                        help="OpenBLAS kernels: 'native' (default): without OPENBLAS_CORETYPE "
+                             "and OPENBLAS_L2_SIZE, numpy's OpenBLAS choosing for this CPU; "
+                             "'as-set': as the environment sets them "
+                             "(see benchmarks/blas_kernels.py)")
     parser.add_argument("--blas-coretype", metavar="NAME",
                         help="run with OPENBLAS_CORETYPE=NAME (e.g. SkylakeX: AVX-512 kernels)")
 

@@ -168,17 +168,19 @@ def load_benchmark_module(name: str):
 
 
 def test_blas_kernel_choice_environment():
-    """--blas native drops both pinning variables (and nothing else); --blas-coretype sets one;
-    the default keeps the environment as it is."""
+    """--blas native (the default) drops both pinning variables (and nothing else); --blas
+    as-set keeps the environment as it is; --blas-coretype sets one."""
     bk = load_benchmark_module("blas_kernels")
     env = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512", "PATH": "/bin"}
-    assert bk.environment([], env) == env
+    assert bk.environment([], env) == {"PATH": "/bin"}
     assert bk.environment(["--blas", "as-set"], env) == env
     assert bk.environment(["--images", "10", "--blas", "native"], env) == {"PATH": "/bin"}
     assert bk.environment(["--blas=native", "--blas-coretype=SkylakeX"], env) == {
         "PATH": "/bin", "OPENBLAS_CORETYPE": "SkylakeX"}
-    assert bk.environment(["--blas-coretype", "Zen"], env)["OPENBLAS_CORETYPE"] == "Zen"
-    assert bk.environment(["--blas-coretype", "Zen"], env)["OPENBLAS_L2_SIZE"] == "512"
+    assert bk.environment(["--blas-coretype", "Zen"], env) == {"PATH": "/bin",
+                                                                "OPENBLAS_CORETYPE": "Zen"}
+    assert bk.environment(["--blas", "as-set", "--blas-coretype", "Zen"], env) == {
+        "PATH": "/bin", "OPENBLAS_CORETYPE": "Zen", "OPENBLAS_L2_SIZE": "512"}
 
 
 def test_gemm_ceiling_makes_the_networks_products():
@@ -216,6 +218,7 @@ def test_blas_kernel_choice_restarts_the_script(tmp_path):
         return subprocess.run([sys.executable, str(script), *args], env=env, text=True,
                               capture_output=True, timeout=60).stdout.split()
 
-    assert run() == ["Haswell", "512"]
+    assert run() == ["None", "None"]
+    assert run("--blas", "as-set") == ["Haswell", "512"]
     assert run("--blas", "native") == ["None", "None"]
-    assert run("--blas-coretype", "SkylakeX") == ["SkylakeX", "512"]
+    assert run("--blas", "as-set", "--blas-coretype", "SkylakeX") == ["SkylakeX", "512"]

@@ -336,6 +336,37 @@ def test_adc_output_noise_is_drawn_from_the_given_generator():
     assert 0 < np.abs(a - q).max() < 0.5 * np.abs(q).max()
 
 
+def test_batches_in_flight_give_the_numbers_of_one_call_per_batch():
+    """analog_forward_batches (the test passes' way: the chunks of several batches share the
+    threads) gives each batch's logits and ADC counts of analog_forward on it alone, in order,
+    bit for bit - the default noisy hybrid chip with replicated copies, ADC noise on."""
+    streams = F.chip_streams(3, "hybrid", 0)
+    wl_net, params, x = digits_setup(40)
+    mp = map_network(load_chip(CHIP), wl_net)
+    state = F.program_chip(mp, params, streams).at(3600.0, streams.child("time", 0))
+    sizes = ((0, 16), (16, 32), (32, 37))                  # a short last batch too
+    xs = [x[a:b] for a, b in sizes]
+
+    def gens():
+        return np.random.default_rng(11), np.random.default_rng(12)
+
+    read_rng, noise_rng = gens()
+    counts_one: dict = {}
+    one = [F.analog_forward(state.read(read_rng), xb, noise_rng=noise_rng, adc_counts=counts_one)
+           for xb in xs]
+    read_rng, noise_rng = gens()
+    counts_many: dict = {}
+    many = F.analog_forward_batches([state.read(read_rng) for _ in xs], xs, noise_rng=noise_rng,
+                                    adc_counts=counts_many)
+    assert [m.tobytes() for m in many] == [o.tobytes() for o in one]
+    assert counts_many.keys() == counts_one.keys() and all(
+        np.array_equal(counts_many[k], counts_one[k]) for k in counts_one)
+    assert not np.array_equal(many[0], many[1][:16])      # different images, different reads
+    assert F.analog_forward_batches([], []) == []
+    with pytest.raises(ValueError, match="reads for"):
+        F.analog_forward_batches([state.read(read_rng)], xs, noise_rng=noise_rng)
+
+
 def test_calibration_batches_mix_the_classes_of_a_class_sorted_file():
     """AdaBS normalizes each calibration batch by its own statistics, so the subset comes in
     random order: from a class-sorted file of 10 classes x 100 images, the first batch of 128

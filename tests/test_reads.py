@@ -111,7 +111,14 @@ def test_adabs_and_test_passes_never_share_a_read(monkeypatch):
                       read.layers["conv2"].wn.copy()))
         return original(read, x, **kw)
 
+    original_batches = F.analog_forward_batches
+
+    def recording_batches(reads_of_batches, xs, **kw):      # the test passes
+        reads.extend(("test", r.layers["conv2"].wn.copy()) for r in reads_of_batches)
+        return original_batches(reads_of_batches, xs, **kw)
+
     monkeypatch.setattr(F, "analog_forward", recording)
+    monkeypatch.setattr(F, "analog_forward_batches", recording_batches)
     F.evaluate_accuracy([mp], params, data.subset(slice(0, 48)), calib=train, calib_images=48,
                         times_s=(3600.0,), seeds=1, batch_size=16, progress=False)
     adabs_reads = [w for kind, w in reads if kind == "adabs"]

@@ -46,11 +46,11 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .datasets import Dataset, augment_cifar
 from .errors import ArchsimError
+from .kernels import relu_grad_sum_into
 from .layers import Pass, Tape
 from .layers.matrix import Conv2d
 from .layers.pointwise import BatchNorm, Relu
 from .layers.tensor import Add
-from .kernels import relu_grad_sum_into
 from .network import INPUT, Network, Workspace, init_params, predict, walk
 from .threads import Workers, element_chunks, training_threads
 from .progress import Progress

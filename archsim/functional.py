@@ -881,12 +881,16 @@ def _analog_batch(read: ChipRead, x: np.ndarray, *, gdc: bool, bn: BatchNormStat
         block_counts = np.zeros((len(tasks), 2), np.int64)
         cap = max((r1 - r0 for _, r0, r1 in tasks), default=1)
         see = None if observe is None else (lambda y, name=layer.name: observe(name, y))
+        pixel_max = None
         if lr.layout is not None:       # the patch + DAC pass of each part, checked once
             dacs = [run.cached(("patches-dac", layer.name, cols, src.shape),
                                lambda cols=cols: kernels.PatchesDac(
                                    src.shape, geom, lr.layout.runs, lr.bounds, conv.dac_bits, k,
                                    cols))
                     for _, _, _, cols in parts]
+            # one row block of whole taps: the rows' abs-maxes come from the pixels' (once here)
+            pixel_max = dacs[0].pixel_maxima(src, ws.get("dac.pixel-max", src.shape[:3],
+                                                         np.int32))
 
         def rows_block(i: int, slot: int) -> None:
             pi, r0, r1 = tasks[i]
@@ -895,7 +899,7 @@ def _analog_batch(read: ChipRead, x: np.ndarray, *, gdc: bool, bn: BatchNormStat
             cols = bws.get("patches", (cap, k))[:r1 - r0]
             absmax = bws.get("dac.absmax", (cap, len(lr.row_bounds)))[:r1 - r0]
             if lr.layout is not None:
-                dacs[pi](src, r0, r1, cols, absmax)
+                dacs[pi](src, r0, r1, cols, absmax, pixel_max)
             else:
                 kernels.dac_quantize_into(src[r0:r1], lr.bounds, conv.dac_bits, cols, absmax)
             # each row goes straight to its pixel in out (a copy's pixels are a column range)

@@ -135,11 +135,23 @@ def _run_offsets(geom, runs):
 
 
 @njit(**_FAST, inline="always")
-def _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw):
+def _put(v, mode, s):
+    """A patch value as it is written: itself (mode 0), its DAC code rint(v * s) (1: s = levels /
+    abs-max) or its unrounded v / s (2: s = abs-max)."""
+    if mode == 1:
+        return np.rint(v * s)
+    if mode == 2:
+        return v / s
+    return v
+
+
+@njit(**_FAST, inline="always")
+def _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw, mode, s):
     """One patch row at of[base:]: run r copies channels [c0, c1) of the pixel at its tap's
     offset from the window's top-left corner (y0, x0) of image b to of[base + d:]; a run of m > 1
     taps (all channels, neighbouring pixels of one input row when dw == 1) copies m C values at
-    once where the whole stretch lies inside the input. Unsigned indices: numba adds no
+    once where the whole stretch lies inside the input. Each value goes through _put(v, mode, s)
+    (mode 0: as it is); taps off the input write 0. Unsigned indices: numba adds no
     negative-index wraparound, so the copies vectorize (5x)."""
     for r in range(runs.shape[0]):
         c0 = runs[r, 1]
@@ -155,14 +167,14 @@ def _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw):
             else:
                 src = np.uint64(((b * h + y) * w + xx) * c + c0)
                 for i in range(n):
-                    of[d + i] = xf[src + i]
+                    of[d + i] = _put(xf[src + i], mode, s)
         elif y < 0 or y >= h:
             for i in range(n * np.uint64(m)):
                 of[d + i] = 0.0
         elif xx >= 0 and xx + m - 1 < w:
             src = np.uint64(((b * h + y) * w + xx) * c)
             for i in range(n * np.uint64(m)):
-                of[d + i] = xf[src + i]
+                of[d + i] = _put(xf[src + i], mode, s)
         else:
             for j in range(m):
                 xj = xx + j * dw
@@ -173,7 +185,7 @@ def _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw):
                 else:
                     src = np.uint64(((b * h + y) * w + xj) * c + c0)
                     for i in range(n):
-                        of[dj + i] = xf[src + i]
+                        of[dj + i] = _put(xf[src + i], mode, s)
 
 
 @njit(**_FAST)
@@ -189,7 +201,7 @@ def _patches_kernel(x, geom, row0, row1, runs, out):
     ox = row0 - b * ho * wo - oy * wo
     for row in range(row0, row1):
         _patch_row_runs(xf, h, w, c, b, oy * sh - pt, ox * sw - pl, offsets, runs, of,
-                        np.uint64((row - row0) * k), geom[7])
+                        np.uint64((row - row0) * k), geom[7], 0, np.float32(1.0))
         ox += 1
         if ox == wo:
             ox = 0
@@ -244,8 +256,76 @@ def _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels, out, absmax, 
         p = row - row0
         base = np.uint64(p * k)
         _patch_row_runs(xf, h, w, c, b, oy * sh - pt, ox * sw - pl, offsets, runs, of, base,
-                        geom[7])
+                        geom[7], 0, np.float32(1.0))
         _dac_row_flat(of, oi, base, bounds, levels, absmax, p)   # in cache: the DAC, in place
+        ox += 1
+        if ox == col1:
+            ox = col0
+            oy += 1
+            if oy == ho:
+                oy = 0
+                b += 1
+    return out
+
+
+@njit(**_FAST)
+def _pixel_absmax_kernel(x, out):
+    """out[b, y, x] = the abs-max of pixel (b, y, x) over its channels, as the int32 bit pattern
+    of the float (|v| as an int31 orders like the float)."""
+    c = x.shape[3]
+    xi = x.ravel().view(np.int32)
+    of = out.ravel()
+    for p in range(of.shape[0]):
+        base = np.uint64(p * c)
+        mb = np.int32(0)
+        for i in range(np.uint64(c)):
+            mb = max(mb, xi[base + i] & np.int32(0x7FFFFFFF))
+        of[p] = mb
+    return out
+
+
+@njit(**_FAST)
+def _patches_dac_by_pixel_kernel(x, pixel_max, geom, row0, row1, runs, levels, out, absmax,
+                                 col0, col1):
+    """_patches_dac_kernel for a layout of whole taps in one row block: each row's abs-max is
+    the largest of its taps' pixel abs-maxes (the same number), so every value is converted as
+    it is copied, in one write of the row."""
+    _, h, w, c = x.shape
+    k = out.shape[1]
+    kh, kw, sh, sw, pt, pl, dh, dw, ho = (geom[0], geom[1], geom[2], geom[3], geom[4], geom[5],
+                                          geom[6], geom[7], geom[8])
+    offsets = _run_offsets(geom, runs)
+    xf = x.ravel()
+    of = out.ravel()
+    pf = pixel_max.ravel()
+    lv = np.float32(levels)
+    span = col1 - col0
+    line = row0 // span
+    b = line // ho
+    oy = line - b * ho
+    ox = col0 + row0 - line * span
+    for row in range(row0, row1):
+        p = row - row0
+        base = np.uint64(p * k)
+        y0 = oy * sh - pt
+        x0 = ox * sw - pl
+        mb = np.int32(0)
+        for i in range(kh):
+            yy = y0 + i * dh
+            if yy >= 0 and yy < h:
+                for j in range(kw):
+                    xx = x0 + j * dw
+                    if xx >= 0 and xx < w:
+                        mb = max(mb, pf[np.uint64((b * h + yy) * w + xx)])
+        m = np.int32(mb).view(np.float32)
+        absmax[p, 0] = m
+        if m == 0.0:
+            for i in range(np.uint64(k)):
+                of[base + i] = 0.0
+        elif levels > 0:
+            _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw, 1, lv / m)
+        else:
+            _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw, 2, m)
         ox += 1
         if ox == col1:
             ox = col0
@@ -342,9 +422,32 @@ class PatchesDac:
         self.levels = levels_of(bits)
         self.col0, self.col1 = col0, col1
         self.rows = self.x_shape[0] * int(geom[8]) * (col1 - col0)
+        # one row block of whole taps (every run all channels, every tap once): a row's abs-max
+        # is the largest abs-max of its taps' pixels, known before the row is written
+        taps, channels = int(geom[0] * geom[1]), self.x_shape[3]
+        self.by_pixel = bool(
+            bounds.shape == (1, 2) and bounds[0, 0] == 0 and bounds[0, 1] == k
+            and k == taps * channels and np.all(runs[:, 1] == 0) and np.all(runs[:, 2] == channels)
+            and int(runs[:, 4].sum()) == taps
+            and len(set(t for r in runs for t in range(int(r[0]), int(r[0] + r[4])))) == taps)
+
+    def pixel_maxima(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+        """The per-pixel channel abs-maxes (N, H, W) int32 that calls take as ``pixel_max`` when
+        :attr:`by_pixel` (once per input, shared by every block of rows); else None."""
+        if not self.by_pixel:
+            return None
+        if x.dtype != np.float32 or x.shape != self.x_shape or not x.flags.c_contiguous:
+            raise ValueError(f"patches_dac_into: C-contiguous float32 input {self.x_shape} "
+                             f"expected, got {x.dtype} {x.shape}")
+        if out is None:
+            out = np.empty(self.x_shape[:3], np.int32)
+        elif out.shape != self.x_shape[:3] or out.dtype != np.int32 or not out.flags.c_contiguous:
+            raise ValueError(f"patches_dac_into: pixel maxima must be int32 {self.x_shape[:3]}")
+        return _pixel_absmax_kernel(x, out)
 
     def __call__(self, x: np.ndarray, row0: int, row1: int, out: np.ndarray,
-                 absmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                 absmax: np.ndarray, pixel_max: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         if (x.dtype != np.float32 or x.shape != self.x_shape or not x.flags.c_contiguous
                 or out.dtype != np.float32 or out.ndim != 2 or out.shape[1] != self.k
                 or not out.flags.c_contiguous):
@@ -358,8 +461,16 @@ class PatchesDac:
                 or absmax.shape[0] < row1 - row0 or not absmax.flags.c_contiguous):
             raise ValueError(f"patches_dac_into: absmax must be C-contiguous float32 with "
                              f"{len(self.bounds)} columns")
-        _patches_dac_kernel(x, self.geom, row0, row1, self.runs, self.bounds, self.levels, out,
-                            absmax, self.col0, self.col1)
+        if pixel_max is not None:
+            if (not self.by_pixel or pixel_max.shape != self.x_shape[:3]
+                    or pixel_max.dtype != np.int32 or not pixel_max.flags.c_contiguous):
+                raise ValueError("patches_dac_into: pixel_max must be pixel_maxima(x) of a "
+                                 "layout of whole taps")
+            _patches_dac_by_pixel_kernel(x, pixel_max, self.geom, row0, row1, self.runs,
+                                         self.levels, out, absmax, self.col0, self.col1)
+        else:
+            _patches_dac_kernel(x, self.geom, row0, row1, self.runs, self.bounds, self.levels,
+                                out, absmax, self.col0, self.col1)
         return out, absmax
 
 

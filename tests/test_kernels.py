@@ -111,6 +111,7 @@ def test_patches_are_im2col_in_the_layout_order(kernel, stride, pads, dilation, 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 7, 6, 4)).astype(np.float32)
     x[0] = 0.0                                          # all-zero patches: abs-max 0
+    x[1, 2, :3] = -0.0                                  # negative zeros keep their sign
     taps = kernel[0] * kernel[1]
     layout = PatchLayout(4, taps, bounds, kernel[1] if dilation[1] == 1 else 1)
     assert (layout.runs[:, 4] > 1).any() == (bounds is None and dilation[1] == 1)
@@ -146,6 +147,21 @@ def test_patches_are_im2col_in_the_layout_order(kernel, stride, pads, dilation, 
                                  part_codes, part_max, cols=(w0, w1))
         assert np.array_equal(part_codes, want[mine][2:])
         assert np.array_equal(part_max, want_max[mine][2:])
+        # one row block of whole taps: abs-maxes from the pixels', values converted as copied
+        dac = kernels.PatchesDac(x.shape, geom, layout.runs, layout.bounds, bits, 4 * taps,
+                                 (w0, w1))
+        assert dac.by_pixel == (bounds is None)
+        pixel_max = dac.pixel_maxima(x)
+        if dac.by_pixel:
+            by_pixel = np.full_like(part_codes, np.nan)
+            by_pixel_max = np.empty_like(part_max)
+            dac(x, 2, share, by_pixel, by_pixel_max, pixel_max)
+            assert by_pixel.tobytes() == want[mine][2:].tobytes()      # -0.0 and +0.0 alike
+            assert by_pixel_max.tobytes() == want_max[mine][2:].tobytes()
+        else:
+            assert pixel_max is None
+            with pytest.raises(ValueError, match="pixel_max"):
+                dac(x, 2, share, part_codes, part_max, np.zeros(x.shape[:3], np.int32))
     with pytest.raises(ValueError):
         kernels.patches_dac_into(x, geom, 0, 1, layout.runs, layout.bounds, 8, codes, codes_max,
                                  cols=(0, wo + 1))

@@ -36,15 +36,16 @@ n = 1_000_000
 t = time.perf_counter()
 spin(n)
 n = int(n * 0.5 / max(time.perf_counter() - t, 1e-6))     # about half a second
-real = kernels._patches_dac_kernel
+def slowed(real):
+    def slow(*args):
+        sys.stderr.write("inside numba kernel\n")
+        sys.stderr.flush()
+        spin(n)
+        return real(*args)
+    return slow
 
-def slow(*args):
-    sys.stderr.write("inside numba kernel\n")
-    sys.stderr.flush()
-    spin(n)
-    return real(*args)
-
-kernels._patches_dac_kernel = slow
+kernels._patches_dac_kernel = slowed(kernels._patches_dac_kernel)
+kernels._patches_dac_by_pixel_kernel = slowed(kernels._patches_dac_by_pixel_kernel)
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -237,6 +237,29 @@ def _dac_row_flat(of, oi, base, bounds, levels, absmax, p):
                 of[r0 + i] = of[r0 + i] / m
 
 
+@njit(**_FAST, inline="always")
+def _first_pixel(row0, col0, col1, ho):
+    """(image, oy, ox) of patch row ``row0`` when the rows are the output pixels of columns
+    [col0, col1), (image, oy, ox) flattened."""
+    span = col1 - col0
+    line = row0 // span
+    b = line // ho
+    return b, line - b * ho, col0 + row0 - line * span
+
+
+@njit(**_FAST, inline="always")
+def _next_pixel(b, oy, ox, col0, col1, ho):
+    """The pixel of the next patch row after (b, oy, ox) (see _first_pixel)."""
+    ox += 1
+    if ox == col1:
+        ox = col0
+        oy += 1
+        if oy == ho:
+            oy = 0
+            b += 1
+    return b, oy, ox
+
+
 @njit(**_FAST)
 def _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels, out, absmax, col0, col1):
     _, h, w, c = x.shape
@@ -247,24 +270,14 @@ def _patches_dac_kernel(x, geom, row0, row1, runs, bounds, levels, out, absmax, 
     of = out.ravel()
     oi = of.view(np.int32)
     # rows are the output pixels of columns [col0, col1), (image, oy, ox) flattened
-    span = col1 - col0
-    line = row0 // span
-    b = line // ho
-    oy = line - b * ho
-    ox = col0 + row0 - line * span
+    b, oy, ox = _first_pixel(row0, col0, col1, ho)
     for row in range(row0, row1):
         p = row - row0
         base = np.uint64(p * k)
         _patch_row_runs(xf, h, w, c, b, oy * sh - pt, ox * sw - pl, offsets, runs, of, base,
                         geom[7], 0, np.float32(1.0))
         _dac_row_flat(of, oi, base, bounds, levels, absmax, p)   # in cache: the DAC, in place
-        ox += 1
-        if ox == col1:
-            ox = col0
-            oy += 1
-            if oy == ho:
-                oy = 0
-                b += 1
+        b, oy, ox = _next_pixel(b, oy, ox, col0, col1, ho)
     return out
 
 
@@ -299,11 +312,7 @@ def _patches_dac_by_pixel_kernel(x, pixel_max, geom, row0, row1, runs, levels, o
     of = out.ravel()
     pf = pixel_max.ravel()
     lv = np.float32(levels)
-    span = col1 - col0
-    line = row0 // span
-    b = line // ho
-    oy = line - b * ho
-    ox = col0 + row0 - line * span
+    b, oy, ox = _first_pixel(row0, col0, col1, ho)
     for row in range(row0, row1):
         p = row - row0
         base = np.uint64(p * k)
@@ -326,13 +335,7 @@ def _patches_dac_by_pixel_kernel(x, pixel_max, geom, row0, row1, runs, levels, o
             _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw, 1, lv / m)
         else:
             _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw, 2, m)
-        ox += 1
-        if ox == col1:
-            ox = col0
-            oy += 1
-            if oy == ho:
-                oy = 0
-                b += 1
+        b, oy, ox = _next_pixel(b, oy, ox, col0, col1, ho)
     return out
 
 

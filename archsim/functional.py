@@ -1101,20 +1101,25 @@ class AccuracyResult:
                                    series=tuple(series), adc_stats=stats)
 
 
-def _count_correct(logits_fn, data: Dataset, batch_size: int, bar: Progress | None, note: str) -> int:
+def _count_correct(logits_fn, data: Dataset, batch_size: int, bar: Progress | None, note: str,
+                   in_flight: int = 1) -> int:
+    """Top-1 hits over ``data`` in batches of ``batch_size``: ``logits_fn`` gives the logits of a
+    list of up to ``in_flight`` batches at once."""
     correct = 0
-    for xb, yb in data.batches(batch_size):
-        correct += int(np.count_nonzero(np.argmax(logits_fn(xb), axis=1) == yb))
-        if bar is not None:
-            bar.advance(len(yb), note)
+    batches = data.batches(batch_size)
+    while group := list(itertools.islice(batches, in_flight)):
+        for logits, (_, yb) in zip(logits_fn([xb for xb, _ in group]), group):
+            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+            if bar is not None:
+                bar.advance(len(yb), note)
     return correct
 
 
 def fp32_accuracy(net: Network, params: dict, data: Dataset, batch_size: int = DEFAULT_BATCH_SIZE,
                   bar: Progress | None = None) -> float:
     ws = Workspace()
-    return _count_correct(lambda xb: forward(net, params, xb, workspace=ws), data, batch_size, bar,
-                          "fp32") / max(len(data), 1)
+    return _count_correct(lambda xbs: [forward(net, params, xb, workspace=ws) for xb in xbs], data,
+                          batch_size, bar, "fp32") / max(len(data), 1)
 
 
 def chip_streams(seed: int, policy: str, chip_index: int) -> Streams:
@@ -1143,16 +1148,11 @@ def test_pass(state: ChipState, test: Dataset, streams: Streams, compensation: s
     noise_rng = streams("adc-noise", "test", compensation)
     gdc = compensation != "none"
     ws = workspace if workspace is not None else Workspace()
-    correct = 0
-    batches = test.batches(batch_size)
-    while group := list(itertools.islice(batches, BATCHES_IN_FLIGHT)):
-        logits = analog_forward_batches([state.read(read_rng) for _ in group],
-                                        [xb for xb, _ in group], gdc=gdc, bn=bn, workspace=ws,
-                                        noise_rng=noise_rng, adc_counts=adc_counts)
-        for out, (_, yb) in zip(logits, group):
-            correct += int(np.count_nonzero(np.argmax(out, axis=1) == yb))
-            if bar is not None:
-                bar.advance(len(yb), note)
+    correct = _count_correct(
+        lambda xbs: analog_forward_batches([state.read(read_rng) for _ in xbs], xbs, gdc=gdc, bn=bn,
+                                           workspace=ws, noise_rng=noise_rng,
+                                           adc_counts=adc_counts),
+        test, batch_size, bar, note, BATCHES_IN_FLIGHT)
     return correct / max(len(test), 1)
 
 

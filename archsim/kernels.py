@@ -762,9 +762,9 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
     nb, rows, wb = y.shape
     ncols = out.shape[1]
     # block row p is pixel out_row0 + p of a part that computes output columns [col0, col0 +
-    # span) of every output row of ``row_pixels`` pixels; out and residual hold every pixel
-    line = (out_row0 // span) if span > 0 else 0
-    ox = col0 + out_row0 - line * span
+    # span) of every output row of ``row_pixels`` pixels; out and residual hold every pixel:
+    # the patch rows' walk with one output row per "image" gives its (row, column)
+    line, _, ox = _first_pixel(out_row0, col0, col0 + span, 1)
     w4 = (wb + 3) // 4
     step = bound / _f32(levels) if levels > 0 else _f32(0.0)
     inv_step = _f32(levels) / bound if levels > 0 else _f32(0.0)
@@ -786,10 +786,7 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
             yb = np.uint64(p * wb)
             nz = np.uint64(p * w4 * 4)
             ob = np.uint64(line * row_pixels + ox) * nc
-            ox += 1
-            if ox == col0 + span:
-                ox = col0
-                line += 1
+            line, _, ox = _next_pixel(line, 0, ox, col0, col0 + span, 1)
             am = absmax[p, 0]
             for j in range(nc):
                 z = noise[nz + j] if sigma > 0.0 else _f32(0.0)   # no noise: no buffer to read
@@ -827,10 +824,7 @@ def _adc_rows_kernel(y, cranges, absmax, colscale, offset, residual, use_residua
     for p in range(rows):
         ab = np.uint64(p) * nc
         ob = np.uint64(line * row_pixels + ox) * nc
-        ox += 1
-        if ox == col0 + span:
-            ox = col0
-            line += 1
+        line, _, ox = _next_pixel(line, 0, ox, col0, col0 + span, 1)
         for n in range(nc):
             v = acc[ab + n] + offset[n]
             if use_residual:

@@ -24,10 +24,13 @@ run seed, per mapping and programmed chip):
   of the layer's devices are Philox4x32-10 draws under that key (:mod:`archsim.kernels`).
 - :func:`analog_forward` runs an inference pass (:func:`archsim.network.infer`: the batch in
   chunks on the worker threads) on one read. Each analog layer is one fused step: patches
-  written and DAC-quantized per row block in one kernel, one GEMM per row block (the diagonal
-  blocks only for grouped convs), then one ADC pass: output noise, clip and rounding, the digital
-  sum of the row-block partial sums and the layer's output stage - GDC factors and the BatchNorm
-  after it (the per-column affine of the periphery), the residual add and the ReLU that follow.
+  written and DAC-quantized per row block, a group of rows at a time, and each group's products
+  with every row block's arrays right after (register tiles of fused multiply-adds in row order,
+  :func:`archsim.kernels.block_products_into`: the same bits whatever BLAS the machine has;
+  the diagonal blocks only for grouped convs), then one ADC pass: output noise, clip and
+  rounding, the digital sum of the row-block partial sums and the layer's output stage - GDC
+  factors and the BatchNorm after it (the per-column affine of the periphery), the residual add
+  and the ReLU that follow.
   :func:`analog_matmul` / :func:`analog_rows` do the same for any block of rows with one
   :class:`LayerRead` (a caller may split a layer's rows: each row keeps its noise draws). The ADC
   noise is keyed by one draw per batch from the named stream; the counter of a draw is the
@@ -698,24 +701,49 @@ def analog_rows(layer_read: LayerRead, xq: np.ndarray, absmax: np.ndarray,
                 observe: Callable[[np.ndarray], None] | None = None,
                 pixels: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The arrays and converters on a block of DAC codes ``xq`` (P, K; rows in the read's fast
-    order) with their per-row-block abs-maxes: the products of each row block's arrays (one GEMM,
-    or the diagonal blocks of a grouped layer), then the converters and output stage ``adc``
-    (:meth:`LayerRead.adc`; ADC noise under ``key``/``stream`` for rows ``row_start`` ...) into
-    ``out`` (P, N; with ``pixels``, the rows of every output pixel, as
-    :func:`archsim.kernels.adc_rows_into` places them)."""
-    p = xq.shape[0]
-    cranges = layer_read.block_cols
-    y = workspace.get("adc.y", (len(cranges), p, layer_read.block_width))
-    w = layer_read.weights
+    order) with their per-row-block abs-maxes: the products of each row block's arrays
+    (:func:`array_products`), then the converters and output stage (:func:`convert_rows`)."""
+    y = array_products(layer_read, xq, workspace.get("adc.y", (len(layer_read.block_cols),
+                                                               xq.shape[0],
+                                                               layer_read.block_width)))
+    return convert_rows(layer_read, y, absmax, adc, out, key=key, stream=stream,
+                        row_start=row_start, residual=residual, counts=counts, observe=observe,
+                        workspace=workspace, pixels=pixels)
+
+
+def array_products(layer_read: LayerRead, xq: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The column sums of each row block b of the arrays on DAC codes ``xq`` (P, K): y[b, :,
+    :c1 - c0] = xq[:, r0:r1] @ W[r0:r1, c0:c1], each sum in row order as fused multiply-adds
+    (:func:`archsim.kernels.block_products_into`; a grouped layer's row blocks that hold whole
+    groups: their diagonal blocks only)."""
+    if all(d is None for d in layer_read.diagonal):
+        return kernels.block_products_into(xq, layer_read.bounds, layer_read.weights,
+                                           layer_read.block_cols, y)
     for b, (r0, r1) in enumerate(layer_read.bounds):
-        c0, c1 = cranges[b]
+        c0, c1 = layer_read.block_cols[b]
         diag = layer_read.diagonal[b]
         if diag is None:
-            np.matmul(xq[:, r0:r1], w[r0:r1, c0:c1], out=y[b, :, :c1 - c0])
+            kernels.block_products_into(np.ascontiguousarray(xq[:, r0:r1]), [[0, r1 - r0]],
+                                        np.ascontiguousarray(layer_read.weights[r0:r1, c0:c1]),
+                                        [[0, c1 - c0]], y[b:b + 1])
         else:
             kernels.grouped_products_into(xq, int(r0), diag, y[b])
+    return y
+
+
+def convert_rows(layer_read: LayerRead, y: np.ndarray, absmax: np.ndarray,
+                 adc: kernels.AdcRows, out: np.ndarray, *, key: int, stream: int = 0,
+                 row_start: int = 0, workspace: Workspace, residual: np.ndarray | None = None,
+                 counts: np.ndarray | None = None,
+                 observe: Callable[[np.ndarray], None] | None = None,
+                 pixels: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The converters and output stage ``adc`` (:meth:`LayerRead.adc`; ADC noise under
+    ``key``/``stream`` for rows ``row_start`` ...) on the row blocks' column sums ``y``
+    (:func:`array_products`) into ``out`` (P, N; with ``pixels``, the rows of every output pixel,
+    as :func:`archsim.kernels.adc_rows_into` places them)."""
     if observe is not None:
-        observe(np.concatenate([y[b, :, :c1 - c0].ravel() for b, (c0, c1) in enumerate(cranges)])
+        observe(np.concatenate([y[b, :, :c1 - c0].ravel()
+                                for b, (c0, c1) in enumerate(layer_read.block_cols)])
                 * adc.converter[2])
     return adc(y, absmax, out, key=key, stream=stream, row_start=row_start, residual=residual,
                counts=counts, scratch=workspace.get, pixels=pixels)
@@ -881,32 +909,45 @@ def _analog_batch(read: ChipRead, x: np.ndarray, *, gdc: bool, bn: BatchNormStat
         block_counts = np.zeros((len(tasks), 2), np.int64)
         cap = max((r1 - r0 for _, r0, r1 in tasks), default=1)
         see = None if observe is None else (lambda y, name=layer.name: observe(name, y))
-        pixel_max = None
+        window_max = None
         if lr.layout is not None:       # the patch + DAC pass of each part, checked once
             dacs = [run.cached(("patches-dac", layer.name, cols, src.shape),
                                lambda cols=cols: kernels.PatchesDac(
                                    src.shape, geom, lr.layout.runs, lr.bounds, conv.dac_bits, k,
                                    cols))
                     for _, _, _, cols in parts]
-            # one row block of whole taps: the rows' abs-maxes come from the pixels' (once here)
-            pixel_max = dacs[0].pixel_maxima(src, ws.get("dac.pixel-max", src.shape[:3],
-                                                         np.int32))
+            # one row block of whole taps: the rows' abs-maxes come from the windows' (once here)
+            if dacs[0].by_pixel:
+                window_max = dacs[0].window_maxima(
+                    src, ws.get("dac.window-max", dacs[0].window_shape, np.int32),
+                    ws.get("dac.pixel-max", src.shape[:3], np.int32))
+
+        # patch + DAC + array products a small group of rows at a time, in cache (not for the
+        # diagonal blocks of a grouped layer)
+        fused = lr.layout is not None and all(d is None for d in lr.diagonal)
+        group = kernels.patch_group_rows(k)
 
         def rows_block(i: int, slot: int) -> None:
             pi, r0, r1 = tasks[i]
             part_read, part_stage, stream, (w0, w1) = parts[pi]
             bws = ws.worker(slot)
-            cols = bws.get("patches", (cap, k))[:r1 - r0]
             absmax = bws.get("dac.absmax", (cap, len(lr.row_bounds)))[:r1 - r0]
+            convert = dict(key=key, stream=stream, workspace=bws, residual=res,
+                           row_start=run.first_image * ho * (w1 - w0) + r0,
+                           counts=block_counts[i], observe=see, pixels=(r0, w0, w1, wo))
+            if fused:
+                y = bws.get("adc.y", (len(part_read.block_cols), r1 - r0, part_read.block_width))
+                dacs[pi].products(src, r0, r1, bws.get("patches", (group, k)), absmax,
+                                  part_read.weights, part_read.block_cols, y, window_max)
+                convert_rows(part_read, y, absmax, part_stage.adc, out, **convert)
+                return
+            cols = bws.get("patches", (cap, k))[:r1 - r0]
             if lr.layout is not None:
-                dacs[pi](src, r0, r1, cols, absmax, pixel_max)
+                dacs[pi](src, r0, r1, cols, absmax, window_max)
             else:
                 kernels.dac_quantize_into(src[r0:r1], lr.bounds, conv.dac_bits, cols, absmax)
             # each row goes straight to its pixel in out (a copy's pixels are a column range)
-            analog_rows(part_read, cols, absmax, part_stage.adc, out, key=key, stream=stream,
-                        row_start=run.first_image * ho * (w1 - w0) + r0, workspace=bws,
-                        residual=res, counts=block_counts[i], observe=see,
-                        pixels=(r0, w0, w1, wo))
+            analog_rows(part_read, cols, absmax, part_stage.adc, out, **convert)
 
         run_blocks(rows_block, len(tasks))
         counts += block_counts.sum(axis=0)

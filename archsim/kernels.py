@@ -10,7 +10,9 @@ import functools
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir as llvm_ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 # numba's OpenMP layer spin-waits after a parallel region and steals the cores OpenBLAS needs for
 # the GEMM that follows (measured: ResNet-32 forward 6.5 s -> 4.7 s per 1024 images with workqueue).
@@ -105,11 +107,13 @@ def col2im_into(cols: np.ndarray, kernel: int, stride: int, padding: int, out: n
 # used here: its workqueue layer must not be entered from two threads at once, and BLAS runs on
 # the same workers, one thread each). error_model="numpy" (no ZeroDivisionError branch) and
 # unsigned indices (no negative-index wraparound) let the loops vectorize; no fastmath: every
-# float32 operation is the one written, in the order written.
+# float32 operation is the one written, in the order written (the arrays' products below fuse
+# each multiply-add, in a fixed order, on purpose).
 # ------------------------------------------------------------------------------------------
 
 _FAST = dict(cache=True, nogil=True, error_model="numpy")
 _NONE_2D = np.zeros((1, 1), np.float32)
+_NO_WINDOW_MAX = np.zeros((1, 1, 1), np.int32)
 
 
 def levels_of(bits: int | None) -> int:
@@ -298,19 +302,56 @@ def _pixel_absmax_kernel(x, out):
 
 
 @njit(**_FAST)
-def _patches_dac_by_pixel_kernel(x, pixel_max, geom, row0, row1, runs, levels, out, absmax,
+def _window_absmax_kernel(pixel_max, geom, out):
+    """out[b, oy, ox] = the largest of ``pixel_max`` (int32 bit patterns, _pixel_absmax_kernel's)
+    over the taps of output pixel (b, oy, ox)'s window that lie on the input (0 if none): a row
+    of output pixels per tap at a time (the loop vectorizes)."""
+    n, h, w = pixel_max.shape
+    kh, kw, sh, sw, pt, pl, dh, dw = (geom[0], geom[1], geom[2], geom[3], geom[4], geom[5],
+                                      geom[6], geom[7])
+    ho, wo = out.shape[1], out.shape[2]
+    pf = pixel_max.ravel()
+    of = out.ravel()
+    for b in range(n):
+        for oy in range(ho):
+            ob = np.uint64((b * ho + oy) * wo)
+            for ox in range(np.uint64(wo)):
+                of[ob + ox] = 0
+            for i in range(kh):
+                yy = oy * sh - pt + i * dh
+                if yy < 0 or yy >= h:
+                    continue
+                pb = (b * h + yy) * w
+                for j in range(kw):
+                    off = j * dw - pl               # input column of output column ox: ox sw + off
+                    lo = 0 if off >= 0 else (sw - 1 - off) // sw
+                    hi = min(wo, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
+                    for ox in range(np.uint64(lo), np.uint64(max(lo, hi))):
+                        v = pf[np.uint64(pb + off) + ox * np.uint64(sw)]
+                        of[ob + ox] = max(of[ob + ox], v)
+    return out
+
+
+@njit(**_FAST)
+def _patches_dac_by_pixel_kernel(x, window_max, geom, row0, row1, runs, levels, out, absmax,
                                  col0, col1):
     """_patches_dac_kernel for a layout of whole taps in one row block: each row's abs-max is
-    the largest of its taps' pixel abs-maxes (the same number), so every value is converted as
-    it is copied, in one write of the row."""
+    the largest of its taps' pixel abs-maxes (the same number; ``window_max`` from
+    _window_absmax_kernel), so every value is converted as it is copied, in one write of the
+    row."""
     _, h, w, c = x.shape
     k = out.shape[1]
-    kh, kw, sh, sw, pt, pl, dh, dw, ho = (geom[0], geom[1], geom[2], geom[3], geom[4], geom[5],
-                                          geom[6], geom[7], geom[8])
+    kh, kw, sh, sw, pt, pl, dh, dw, ho, wo = (geom[0], geom[1], geom[2], geom[3], geom[4],
+                                              geom[5], geom[6], geom[7], geom[8], geom[9])
     offsets = _run_offsets(geom, runs)
     xf = x.ravel()
     of = out.ravel()
-    pf = pixel_max.ravel()
+    wf = window_max.ravel()
+    span = np.uint64(kw * c)
+    tap_rows = dw == 1 and runs.shape[0] == kh
+    for r in range(runs.shape[0]):
+        tap_rows = tap_rows and (runs[r, 0] == r * kw and runs[r, 1] == 0 and runs[r, 2] == c
+                                 and runs[r, 3] == r * kw * c and runs[r, 4] == kw)
     lv = np.float32(levels)
     b, oy, ox = _first_pixel(row0, col0, col1, ho)
     for row in range(row0, row1):
@@ -318,19 +359,25 @@ def _patches_dac_by_pixel_kernel(x, pixel_max, geom, row0, row1, runs, levels, o
         base = np.uint64(p * k)
         y0 = oy * sh - pt
         x0 = ox * sw - pl
-        mb = np.int32(0)
-        for i in range(kh):
-            yy = y0 + i * dh
-            if yy >= 0 and yy < h:
-                for j in range(kw):
-                    xx = x0 + j * dw
-                    if xx >= 0 and xx < w:
-                        mb = max(mb, pf[np.uint64((b * h + yy) * w + xx)])
-        m = np.int32(mb).view(np.float32)
+        m = np.int32(wf[np.uint64((b * ho + oy) * wo + ox)]).view(np.float32)
         absmax[p, 0] = m
         if m == 0.0:
             for i in range(np.uint64(k)):
                 of[base + i] = 0.0
+        elif tap_rows and levels > 0 and x0 >= 0 and x0 + kw <= w:
+            # the layout is the kernel's rows in order (each kw C values of one input row) and
+            # this window lies inside the input's width: one scaled copy per kernel row
+            s = lv / m
+            for i in range(kh):
+                y = y0 + i * dh
+                d = base + np.uint64(i) * span
+                if y < 0 or y >= h:
+                    for j in range(span):
+                        of[d + j] = 0.0
+                else:
+                    src = np.uint64(((b * h + y) * w + x0) * c)
+                    for j in range(span):
+                        of[d + j] = np.rint(xf[src + j] * s)
         elif levels > 0:
             _patch_row_runs(xf, h, w, c, b, y0, x0, offsets, runs, of, base, dw, 1, lv / m)
         else:
@@ -357,6 +404,251 @@ def _runs_fit(runs, channels, kw, taps, k):
             return False
     return True
 
+
+# ------------------------------------------------------------------------------------------
+# The arrays' products: register tiles of fused multiply-adds in row order
+# ------------------------------------------------------------------------------------------
+# A column current is a sum of products over the array's rows. The tiles below hold R patch rows
+# x 16 V columns in R V vector registers for the whole sum and add the rows one by one, each
+# element from +0 with llvm.fma (one rounding per step: the same bits on every machine, emulated
+# where a CPU has no FMA unit). That is the order of OpenBLAS's own x86-64 SGEMM kernels
+# (SkylakeX/Zen) for sums up to at least 288 rows, so the analog pass keeps their bits there, but
+# no longer depends on which BLAS kernel a machine picks. Written as LLVM IR (numba intrinsics):
+# numba neither keeps such a tile in registers nor fuses a multiply-add without fastmath. Rows
+# per tile for V vectors: as many as keep two FMA units busy without spilling (measured on Zen 5,
+# one core, sums of 144 or 288 rows from memory: V = 1: 12 rows 20.9 ns per row of 16 sums, 8
+# rows 25.4; V = 2: 6 rows 70.8, 4 rows 83.5, 8 rows 76.6, 10 rows spill; V = 4: 6 rows 141, 4
+# rows 186; OpenBLAS 28 / 103 / 179. From the L1 cache, 288-row sums: V = 3 with 4 / 6 / 8 rows
+# 136 / 140 / 141 multiply-adds per ns, V = 4 with 4 / 5 / 6 rows 137 / 140 / 141).
+
+_TILE_ROWS = {1: 12, 2: 6, 3: 6, 4: 6}
+
+
+def _llvm_function(module, name, fnty):
+    fn = module.globals.get(name)
+    return fn if fn is not None else llvm_ir.Function(module, fnty, name=name)
+
+
+def _fma_tile(rows: int, vectors: int):
+    """A numba intrinsic ``tile(a, ao, lda, w, wo, ldw, k, y, yo, ldy, tail)`` on flat float32
+    arrays: y[yo + q ldy + j] = sum over i < k (k >= 1), in order, of a[ao + q lda + i] *
+    w[wo + i ldw + j] for q < ``rows`` and j < 16 (vectors - 1) + tail (1 <= tail <= 16): the
+    last vector's lanes from ``tail`` on neither read w nor write y."""
+
+    @intrinsic
+    def tile(typingctx, a, ao, lda, w, wo, ldw, k, y, yo, ldy, tail):
+        arrays = [t for t in (a, w, y) if isinstance(t, types.Array)]
+        if len(arrays) != 3 or any(t.dtype != types.float32 or t.ndim != 1 for t in arrays):
+            return None
+        index = types.intp
+        sig = types.void(a, index, index, w, index, index, index, y, index, index, index)
+
+        def codegen(context, builder, sig, args):
+            a_, ao_, lda_, w_, wo_, ldw_, k_, y_, yo_, ldy_, tail_ = args
+            data = [context.make_array(sig.args[i])(context, builder, v).data
+                    for i, v in ((0, a_), (3, w_), (7, y_))]
+            a_ptr, w_ptr, y_ptr = (builder.gep(d, [o]) for d, o in zip(data, (ao_, wo_, yo_)))
+            f32, i32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(32), llvm_ir.IntType(64)
+            vec = llvm_ir.VectorType(f32, 16)
+            vec_ptr = vec.as_pointer()
+            mask_ty = llvm_ir.VectorType(llvm_ir.IntType(1), 16)
+            module = builder.module
+            fma = _llvm_function(module, "llvm.fma.v16f32", llvm_ir.FunctionType(vec, [vec] * 3))
+            load = _llvm_function(module, "llvm.masked.load.v16f32.p0", llvm_ir.FunctionType(
+                vec, [vec_ptr, i32, mask_ty, vec]))
+            store = _llvm_function(module, "llvm.masked.store.v16f32.p0", llvm_ir.FunctionType(
+                llvm_ir.VoidType(), [vec, vec_ptr, i32, mask_ty]))
+            zero = llvm_ir.Constant(vec, None)
+            align = llvm_ir.Constant(i32, 4)
+            lane0 = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), [0] * 16)
+
+            def splat(value, ty):
+                undef = llvm_ir.Constant(ty, llvm_ir.Undefined)
+                return builder.shuffle_vector(
+                    builder.insert_element(undef, value, llvm_ir.Constant(i32, 0)), undef, lane0)
+
+            lanes = llvm_ir.Constant(llvm_ir.VectorType(i64, 16), list(range(16)))
+            mask = builder.icmp_unsigned("<", lanes, splat(tail_, llvm_ir.VectorType(i64, 16)))
+
+            def vector_at(base, offset):
+                return builder.bitcast(builder.gep(base, [llvm_ir.Constant(i64, offset)]), vec_ptr)
+
+            entry = builder.basic_block
+            loop = builder.append_basic_block("tile.loop")
+            done = builder.append_basic_block("tile.done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            i = builder.phi(i64)
+            i.add_incoming(llvm_ir.Constant(i64, 0), entry)
+            acc = []
+            for _ in range(rows * vectors):
+                phi = builder.phi(vec)
+                phi.add_incoming(zero, entry)
+                acc.append(phi)
+            w_row = builder.gep(w_ptr, [builder.mul(i, ldw_)])
+            w_vec = [builder.load(vector_at(w_row, 16 * v), align=4) for v in range(vectors - 1)]
+            w_vec.append(builder.call(load, [vector_at(w_row, 16 * (vectors - 1)), align, mask,
+                                             zero]))
+            new = []
+            for q in range(rows):
+                a_q = builder.load(builder.gep(a_ptr, [builder.add(
+                    builder.mul(llvm_ir.Constant(i64, q), lda_), i)]), align=4)
+                a_vec = splat(a_q, vec)
+                new += [builder.call(fma, [a_vec, w_vec[v], acc[q * vectors + v]])
+                        for v in range(vectors)]
+            i_next = builder.add(i, llvm_ir.Constant(i64, 1))
+            i.add_incoming(i_next, loop)
+            for phi, value in zip(acc, new):
+                phi.add_incoming(value, loop)
+            builder.cbranch(builder.icmp_signed("<", i_next, k_), loop, done)
+            builder.position_at_end(done)
+            for q in range(rows):
+                y_row = builder.gep(y_ptr, [builder.mul(llvm_ir.Constant(i64, q), ldy_)])
+                for v in range(vectors - 1):
+                    builder.store(new[q * vectors + v], vector_at(y_row, 16 * v), align=4)
+                builder.call(store, [new[q * vectors + vectors - 1],
+                                     vector_at(y_row, 16 * (vectors - 1)), align, mask])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_TILE_1V, _TILE_2V, _TILE_3V, _TILE_4V = (_fma_tile(_TILE_ROWS[v], v) for v in (1, 2, 3, 4))
+_ROW_1V, _ROW_2V, _ROW_3V, _ROW_4V = (_fma_tile(1, v) for v in (1, 2, 3, 4))
+_TILE_ROWS_1V, _TILE_ROWS_2V, _TILE_ROWS_3V, _TILE_ROWS_4V = (_TILE_ROWS[v] for v in (1, 2, 3, 4))
+
+
+# Patch rows written and multiplied at a time (PatchesDac.products): measured (ResNet-32 analog
+# pass, one thread): 32 KiB / 128 KiB / 256 KiB / 1 MiB -> 1.73 / 1.59 / 1.60 / 1.59 ms per
+# image (against 1.85-1.89 with one 8 MB patch block per GEMM call). Half the L2 cache: the
+# group's codes stay there while the tiles read them, next to the weights and the input pixels.
+PATCH_GROUP_BYTES = 256 * 1024
+
+
+def patch_group_rows(k: int) -> int:
+    """Rows of K patch values that :meth:`PatchesDac.products` writes and multiplies at a time:
+    about ``PATCH_GROUP_BYTES``, a whole number of the tiles' rows."""
+    tile = 12
+    return max(tile, PATCH_GROUP_BYTES // (4 * max(k, 1)) // tile * tile)
+
+
+@njit(**_FAST, inline="always")
+def _products(af, ao, lda, rows, k, wf, wo, ldw, ncols, yf, yo, ldy):
+    """yf[yo + p ldy + j] = the sum over i < k, in order, of af[ao + p lda + i] *
+    wf[wo + i ldw + j] (fused multiply-adds from +0) for p < rows, j < ncols: tiles of up to 64
+    columns, then rows."""
+    if k == 0:
+        for p in range(rows):
+            for j in range(ncols):
+                yf[yo + p * ldy + j] = 0.0
+        return
+    for g in range(0, ncols, 64):
+        width = min(ncols - g, 64)
+        v = (width + 15) // 16
+        tail = width - 16 * (v - 1)
+        p = 0
+        if v == 1:
+            while p + _TILE_ROWS_1V <= rows:
+                _TILE_1V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+                p += _TILE_ROWS_1V
+            for p in range(p, rows):
+                _ROW_1V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+        elif v == 2:
+            while p + _TILE_ROWS_2V <= rows:
+                _TILE_2V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+                p += _TILE_ROWS_2V
+            for p in range(p, rows):
+                _ROW_2V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+        elif v == 3:
+            while p + _TILE_ROWS_3V <= rows:
+                _TILE_3V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+                p += _TILE_ROWS_3V
+            for p in range(p, rows):
+                _ROW_3V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+        else:
+            while p + _TILE_ROWS_4V <= rows:
+                _TILE_4V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+                p += _TILE_ROWS_4V
+            for p in range(p, rows):
+                _ROW_4V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+
+
+@njit(**_FAST)
+def _block_products_kernel(x, bounds, w, cranges, y):
+    rows, k = x.shape
+    ldw = w.shape[1]
+    wb = y.shape[2]
+    xf, wf, yf = x.ravel(), w.ravel(), y.ravel()
+    for b in range(bounds.shape[0]):
+        r0 = bounds[b, 0]
+        c0 = cranges[b, 0]
+        _products(xf, r0, k, rows, bounds[b, 1] - r0, wf, r0 * ldw + c0, ldw,
+                  cranges[b, 1] - c0, yf, b * rows * wb, wb)
+    return y
+
+
+def block_products_into(x: np.ndarray, bounds: np.ndarray, w: np.ndarray, col_ranges: np.ndarray,
+                        y: np.ndarray) -> np.ndarray:
+    """The products of each row block b of a layer's arrays: y[b, :, :c1 - c0] = x[:, r0:r1] @
+    w[r0:r1, c0:c1] for rows ``bounds[b]`` = [r0, r1) and columns ``col_ranges[b]`` = [c0, c1),
+    every sum in row order with fused multiply-adds (see the tiles above). float32 x (P, K),
+    w (K, N), y (B, P, W), all C-contiguous; y[b, :, c1 - c0:] is left as it is."""
+    bounds = np.ascontiguousarray(bounds, np.int64)
+    col_ranges = np.ascontiguousarray(col_ranges, np.int64)
+    if x.dtype != np.float32 or w.dtype != np.float32 or y.dtype != np.float32:
+        raise TypeError("block_products_into: float32 arrays expected")
+    if not (x.flags.c_contiguous and w.flags.c_contiguous and y.flags.c_contiguous):
+        raise ValueError("block_products_into: arrays must be C-contiguous")
+    nb = len(bounds)
+    if (x.ndim != 2 or w.ndim != 2 or y.ndim != 3 or w.shape[0] != x.shape[1]
+            or y.shape[:2] != (nb, x.shape[0]) or bounds.shape != (nb, 2)
+            or col_ranges.shape != (nb, 2)):
+        raise ValueError(f"block_products_into: shapes x {x.shape}, w {w.shape}, y {y.shape} do "
+                         f"not fit {nb} row blocks")
+    if nb and (bounds.min() < 0 or bounds.max() > x.shape[1] or np.any(bounds[:, 1] < bounds[:, 0])
+               or not _ranges_fit(col_ranges, w.shape[1], y.shape[2])):
+        raise ValueError("block_products_into: row blocks or column ranges outside w and y")
+    return _block_products_kernel(x, bounds, w, col_ranges, y)
+
+
+def products_into(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = x @ w (float32, C-contiguous; x (P, K), w (K, N)) with every sum in row order as
+    fused multiply-adds: :func:`block_products_into` with one row block."""
+    if out.ndim != 2:
+        raise ValueError("products_into: out must be (P, N)")
+    k, n = w.shape if w.ndim == 2 else (-1, -1)
+    block_products_into(x, np.array([[0, k]]), w, np.array([[0, n]]), out[None])
+    return out
+
+
+@njit(**_FAST)
+def _patch_products_kernel(x, window_max, by_pixel, geom, row0, row1, runs, bounds, levels, buf,
+                           absmax, w, cranges, y, col0, col1):
+    """The patch + DAC kernels on a group of rows at a time into ``buf`` (G, K; in the L1
+    cache), each group's products with every row block's arrays straight after into y."""
+    group, k = buf.shape
+    rows = row1 - row0
+    ldw = w.shape[1]
+    wb = y.shape[2]
+    bf = buf.ravel()
+    wf = w.ravel()
+    yf = y.ravel()
+    for g0 in range(row0, row1, group):
+        g1 = min(row1, g0 + group)
+        if by_pixel:
+            _patches_dac_by_pixel_kernel(x, window_max, geom, g0, g1, runs, levels, buf,
+                                         absmax[g0 - row0:], col0, col1)
+        else:
+            _patches_dac_kernel(x, geom, g0, g1, runs, bounds, levels, buf, absmax[g0 - row0:],
+                                col0, col1)
+        for blk in range(bounds.shape[0]):
+            r0 = bounds[blk, 0]
+            c0 = cranges[blk, 0]
+            _products(bf, r0, k, g1 - g0, bounds[blk, 1] - r0, wf, r0 * ldw + c0, ldw,
+                      cranges[blk, 1] - c0, yf, (blk * rows + g0 - row0) * wb, wb)
+    return y
 
 def _check_patches(x, geom, row0, row1, runs, out, name, cols=None):
     if x.dtype != np.float32 or out.dtype != np.float32 or not x.flags.c_contiguous:
@@ -434,47 +726,96 @@ class PatchesDac:
             and int(runs[:, 4].sum()) == taps
             and len(set(t for r in runs for t in range(int(r[0]), int(r[0] + r[4])))) == taps)
 
-    def pixel_maxima(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
-        """The per-pixel channel abs-maxes (N, H, W) int32 that calls take as ``pixel_max`` when
-        :attr:`by_pixel` (once per input, shared by every block of rows); else None."""
+    def window_maxima(self, x: np.ndarray, out: np.ndarray | None = None,
+                      pixels: np.ndarray | None = None) -> np.ndarray | None:
+        """The abs-max of every output pixel's window (N, Ho, Wo; int32 bit patterns of the
+        floats) that calls take as ``window_max`` when :attr:`by_pixel` (once per input, shared
+        by every block of rows and every copy): the largest of its taps' pixel abs-maxes over
+        their channels (``pixels``: a (N, H, W) int32 scratch for those). Else None."""
         if not self.by_pixel:
             return None
         if x.dtype != np.float32 or x.shape != self.x_shape or not x.flags.c_contiguous:
             raise ValueError(f"patches_dac_into: C-contiguous float32 input {self.x_shape} "
                              f"expected, got {x.dtype} {x.shape}")
-        if out is None:
-            out = np.empty(self.x_shape[:3], np.int32)
-        elif out.shape != self.x_shape[:3] or out.dtype != np.int32 or not out.flags.c_contiguous:
-            raise ValueError(f"patches_dac_into: pixel maxima must be int32 {self.x_shape[:3]}")
-        return _pixel_absmax_kernel(x, out)
+        shape = self.window_shape
+        for a, want in ((out, shape), (pixels, self.x_shape[:3])):
+            if a is not None and (a.shape != want or a.dtype != np.int32
+                                  or not a.flags.c_contiguous):
+                raise ValueError(f"patches_dac_into: window maxima must be int32 {shape}, pixel "
+                                 f"maxima {self.x_shape[:3]}")
+        pixels = _pixel_absmax_kernel(x, np.empty(self.x_shape[:3], np.int32) if pixels is None
+                                      else pixels)
+        return _window_absmax_kernel(pixels, self.geom, np.empty(shape, np.int32) if out is None
+                                     else out)
+
+    @property
+    def window_shape(self) -> tuple[int, int, int]:
+        """(N, Ho, Wo): the output pixels of the whole layer."""
+        return self.x_shape[0], int(self.geom[8]), int(self.geom[9])
 
     def __call__(self, x: np.ndarray, row0: int, row1: int, out: np.ndarray,
-                 absmax: np.ndarray, pixel_max: np.ndarray | None = None
+                 absmax: np.ndarray, window_max: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
+        self._check(x, row0, row1, out, row1 - row0, absmax)
+        if window_max is not None:
+            _patches_dac_by_pixel_kernel(x, self._window_max(window_max), self.geom, row0, row1,
+                                         self.runs, self.levels, out, absmax, self.col0,
+                                         self.col1)
+        else:
+            _patches_dac_kernel(x, self.geom, row0, row1, self.runs, self.bounds, self.levels,
+                                out, absmax, self.col0, self.col1)
+        return out, absmax
+
+    def _check(self, x: np.ndarray, row0: int, row1: int, out: np.ndarray, out_rows: int,
+               absmax: np.ndarray) -> None:
         if (x.dtype != np.float32 or x.shape != self.x_shape or not x.flags.c_contiguous
                 or out.dtype != np.float32 or out.ndim != 2 or out.shape[1] != self.k
                 or not out.flags.c_contiguous):
             raise ValueError(f"patches_dac_into: C-contiguous float32 input {self.x_shape} and "
                              f"out (rows, {self.k}) expected, got {x.dtype} {x.shape} and "
                              f"{out.dtype} {out.shape}")
-        if not 0 <= row0 <= row1 <= self.rows or out.shape[0] < row1 - row0:
+        if not 0 <= row0 <= row1 <= self.rows or out.shape[0] < out_rows:
             raise ValueError(f"patches_dac_into: rows [{row0}, {row1}) outside the {self.rows} "
                              f"patch rows or the {out.shape[0]} of out")
         if (absmax.dtype != np.float32 or absmax.ndim != 2 or absmax.shape[1] != len(self.bounds)
                 or absmax.shape[0] < row1 - row0 or not absmax.flags.c_contiguous):
             raise ValueError(f"patches_dac_into: absmax must be C-contiguous float32 with "
                              f"{len(self.bounds)} columns")
-        if pixel_max is not None:
-            if (not self.by_pixel or pixel_max.shape != self.x_shape[:3]
-                    or pixel_max.dtype != np.int32 or not pixel_max.flags.c_contiguous):
-                raise ValueError("patches_dac_into: pixel_max must be pixel_maxima(x) of a "
-                                 "layout of whole taps")
-            _patches_dac_by_pixel_kernel(x, pixel_max, self.geom, row0, row1, self.runs,
-                                         self.levels, out, absmax, self.col0, self.col1)
-        else:
-            _patches_dac_kernel(x, self.geom, row0, row1, self.runs, self.bounds, self.levels,
-                                out, absmax, self.col0, self.col1)
-        return out, absmax
+
+    def _window_max(self, window_max: np.ndarray | None) -> np.ndarray:
+        """``window_max`` checked (a placeholder for None)."""
+        if window_max is None:
+            return _NO_WINDOW_MAX
+        if (not self.by_pixel or window_max.shape != self.window_shape
+                or window_max.dtype != np.int32 or not window_max.flags.c_contiguous):
+            raise ValueError("patches_dac_into: window_max must be window_maxima(x) of a "
+                             "layout of whole taps")
+        return window_max
+
+    def products(self, x: np.ndarray, row0: int, row1: int, buf: np.ndarray, absmax: np.ndarray,
+                 w: np.ndarray, col_ranges: np.ndarray, y: np.ndarray,
+                 window_max: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The patch + DAC of rows [row0, row1) (as :meth:`__call__`, a group of ``len(buf)``
+        rows at a time in ``buf``, G x K) and each group's products with the row blocks' arrays
+        straight after, while it is in cache: y[b, p, :c1 - c0] = codes[p, r0:r1] @
+        w[r0:r1, c0:c1] for the row blocks [r0, r1) and their columns ``col_ranges`` [c0, c1)
+        (:func:`block_products_into`'s numbers). Returns (y, absmax)."""
+        rows = row1 - row0
+        self._check(x, row0, row1, buf, 1, absmax)
+        col_ranges = np.ascontiguousarray(col_ranges, np.int64)
+        nb = len(self.bounds)
+        if (w.dtype != np.float32 or y.dtype != np.float32 or w.ndim != 2 or w.shape[0] != self.k
+                or y.ndim != 3 or y.shape[:2] != (nb, rows)
+                or not (w.flags.c_contiguous and y.flags.c_contiguous)
+                or col_ranges.shape != (nb, 2)
+                or not _ranges_fit(col_ranges, w.shape[1], y.shape[2])):
+            raise ValueError(f"patches_dac_into: C-contiguous float32 w ({self.k}, N) and y "
+                             f"({nb}, {rows}, W) with column ranges inside them expected, got "
+                             f"w {w.dtype} {w.shape}, y {y.dtype} {y.shape}")
+        _patch_products_kernel(x, self._window_max(window_max), window_max is not None, self.geom,
+                               row0, row1, self.runs, self.bounds, self.levels, buf, absmax, w,
+                               col_ranges, y, self.col0, self.col1)
+        return y, absmax
 
 
 def patches_dac_into(x: np.ndarray, geom: np.ndarray, row0: int, row1: int, runs: np.ndarray,

@@ -151,17 +151,30 @@ def test_patches_are_im2col_in_the_layout_order(kernel, stride, pads, dilation, 
         dac = kernels.PatchesDac(x.shape, geom, layout.runs, layout.bounds, bits, 4 * taps,
                                  (w0, w1))
         assert dac.by_pixel == (bounds is None)
-        pixel_max = dac.pixel_maxima(x)
+        window_max = dac.window_maxima(x)
         if dac.by_pixel:
+            # every output pixel's window abs-max, on the input or not
+            assert window_max.view(np.float32).reshape(-1).tobytes() == want_max[:, 0].tobytes()
             by_pixel = np.full_like(part_codes, np.nan)
             by_pixel_max = np.empty_like(part_max)
-            dac(x, 2, share, by_pixel, by_pixel_max, pixel_max)
+            dac(x, 2, share, by_pixel, by_pixel_max, window_max)
             assert by_pixel.tobytes() == want[mine][2:].tobytes()      # -0.0 and +0.0 alike
             assert by_pixel_max.tobytes() == want_max[mine][2:].tobytes()
         else:
-            assert pixel_max is None
-            with pytest.raises(ValueError, match="pixel_max"):
-                dac(x, 2, share, part_codes, part_max, np.zeros(x.shape[:3], np.int32))
+            assert window_max is None
+            with pytest.raises(ValueError, match="window_max"):
+                dac(x, 2, share, part_codes, part_max, np.zeros(dac.window_shape, np.int32))
+        # patch + DAC + the row blocks' products a few rows at a time: the codes' products
+        w = rng.standard_normal((4 * taps, 21)).astype(np.float32)
+        cranges = np.array([[b % 3, 21 - b % 2] for b in range(len(layout.bounds))])
+        want_y = np.full((len(layout.bounds), share - 2, 21), np.nan, np.float32)
+        kernels.block_products_into(want[mine][2:], layout.bounds, w, cranges, want_y)
+        got_y = np.full_like(want_y, np.nan)
+        got_max = np.empty_like(part_max)
+        dac.products(x, 2, share, np.empty((5, 4 * taps), np.float32), got_max, w, cranges,
+                     got_y, window_max)
+        assert got_y.tobytes() == want_y.tobytes()          # untouched columns stay NaN too
+        assert got_max.tobytes() == want_max[mine][2:].tobytes()
     with pytest.raises(ValueError):
         kernels.patches_dac_into(x, geom, 0, 1, layout.runs, layout.bounds, 8, codes, codes_max,
                                  cols=(0, wo + 1))
@@ -169,6 +182,59 @@ def test_patches_are_im2col_in_the_layout_order(kernel, stride, pads, dilation, 
         kernels.patches_into(x, geom, 0, rows + 1, layout.runs, got)
     with pytest.raises(ValueError):
         kernels.patches_into(x, geom, 0, rows, layout.runs + [0, 0, 0, 1, 0], got)
+
+
+def _fma_f32(a, b, c):
+    """float32 fma(a, b, c): the exact a b + c rounded once to float32 (ties to even)."""
+    from fractions import Fraction
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    d = float(exact)                                    # correctly rounded to float64
+    near = np.float32(d)
+    if float(near) == d:
+        return near
+    other = np.nextafter(near, np.float32(np.inf if float(near) < d else -np.inf))
+    mid = (Fraction(float(near)) + Fraction(float(other))) / 2
+    if Fraction(d) != mid or exact == mid:              # float64 rounding did not decide it
+        return near
+    return near if abs(exact - Fraction(float(near))) < abs(exact - Fraction(float(other))) \
+        else other
+
+
+@pytest.mark.parametrize("rows,k,n", [(13, 40, 70), (7, 9, 20), (12, 5, 48), (6, 3, 16)])
+def test_products_are_fused_multiply_adds_in_row_order(rows, k, n):
+    """Every column sum is fma(x_i, w_i, acc) for i = 0 .. k-1 from +0, each rounded once, for
+    any rows (whole tiles and the rest) and columns (tiles of 64, vectors of 16 and a part of
+    one); a multiply then an add (two roundings) gives other numbers."""
+    rng = np.random.default_rng(rows * k + n)
+    x = rng.integers(-127, 128, (rows, k)).astype(np.float32)      # DAC codes
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    want = np.empty((rows, n), np.float32)
+    twice = np.empty((rows, n), np.float32)
+    for p in range(rows):
+        for j in range(n):
+            acc = sep = np.float32(0.0)
+            for i in range(k):
+                acc = _fma_f32(x[p, i], w[i, j], acc)
+                sep = np.float32(np.float32(x[p, i] * w[i, j]) + sep)
+            want[p, j], twice[p, j] = acc, sep
+    got = kernels.products_into(x, w, np.full((rows, n), np.nan, np.float32))
+    assert got.tobytes() == want.tobytes()
+    if k > 5:
+        assert not np.array_equal(twice, want)
+    # row blocks with their own column ranges; the columns beyond a block's range stay as they are
+    bounds, cranges = np.array([[0, k // 2], [k // 2, k]]), np.array([[1, n], [0, n - 3]])
+    y = np.full((2, rows, n), np.nan, np.float32)
+    kernels.block_products_into(x, bounds, w, cranges, y)
+    for b, ((r0, r1), (c0, c1)) in enumerate(zip(bounds, cranges)):
+        part = kernels.products_into(np.ascontiguousarray(x[:, r0:r1]),
+                                     np.ascontiguousarray(w[r0:r1, c0:c1]),
+                                     np.empty((rows, c1 - c0), np.float32))
+        assert y[b, :, :c1 - c0].tobytes() == part.tobytes()
+        assert np.isnan(y[b, :, c1 - c0:]).all()
+    with pytest.raises(ValueError):
+        kernels.block_products_into(x, bounds, w, [[0, n + 1], [0, n]], y)
+    with pytest.raises(ValueError):
+        kernels.products_into(x, w[:-1], got)
 
 
 def test_epilogue_is_the_layers_one_by_one():

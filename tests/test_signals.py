@@ -45,6 +45,7 @@ def slowed(real):
     return slow
 
 kernels._patches_dac_kernel = slowed(kernels._patches_dac_kernel)
+kernels._patch_products_kernel = slowed(kernels._patch_products_kernel)
 kernels._patches_dac_by_pixel_kernel = slowed(kernels._patches_dac_by_pixel_kernel)
 sys.exit(cli.main(sys.argv[1:]))
 """

@@ -429,22 +429,23 @@ def _llvm_function(module, name, fnty):
     return fn if fn is not None else llvm_ir.Function(module, fnty, name=name)
 
 
-def _fma_tile(rows: int, vectors: int):
-    """A numba intrinsic ``tile(a, ao, lda, w, wo, ldw, k, y, yo, ldy, tail)`` on flat float32
-    arrays: y[yo + q ldy + j] = sum over i < k (k >= 1), in order, of a[ao + q lda + i] *
-    w[wo + i ldw + j] for q < ``rows`` and j < 16 (vectors - 1) + tail (1 <= tail <= 16): the
-    last vector's lanes from ``tail`` on neither read w nor write y."""
+def _fma_tiles(rows_of: dict[int, int]):
+    """A numba intrinsic ``tiles(a, ao, lda, w, wo, ldw, k, y, yo, ldy, vectors, tail)`` on flat
+    float32 arrays: y[yo + q ldy + j] = sum over i < k (k >= 1), in order, of a[ao + q lda + i] *
+    w[wo + i ldw + j] for q < ``rows_of[vectors]`` and j < 16 (vectors - 1) + tail (1 <= tail <=
+    16): the last vector's lanes from ``tail`` on neither read w nor write y. One loop per vector
+    count (a key of ``rows_of``), chosen by a switch; another count does nothing."""
 
     @intrinsic
-    def tile(typingctx, a, ao, lda, w, wo, ldw, k, y, yo, ldy, tail):
+    def tiles(typingctx, a, ao, lda, w, wo, ldw, k, y, yo, ldy, vectors, tail):
         arrays = [t for t in (a, w, y) if isinstance(t, types.Array)]
         if len(arrays) != 3 or any(t.dtype != types.float32 or t.ndim != 1 for t in arrays):
             return None
         index = types.intp
-        sig = types.void(a, index, index, w, index, index, index, y, index, index, index)
+        sig = types.void(a, index, index, w, index, index, index, y, index, index, index, index)
 
         def codegen(context, builder, sig, args):
-            a_, ao_, lda_, w_, wo_, ldw_, k_, y_, yo_, ldy_, tail_ = args
+            a_, ao_, lda_, w_, wo_, ldw_, k_, y_, yo_, ldy_, vectors_, tail_ = args
             data = [context.make_array(sig.args[i])(context, builder, v).data
                     for i, v in ((0, a_), (3, w_), (7, y_))]
             a_ptr, w_ptr, y_ptr = (builder.gep(d, [o]) for d, o in zip(data, (ao_, wo_, yo_)))
@@ -473,51 +474,64 @@ def _fma_tile(rows: int, vectors: int):
             def vector_at(base, offset):
                 return builder.bitcast(builder.gep(base, [llvm_ir.Constant(i64, offset)]), vec_ptr)
 
-            entry = builder.basic_block
-            loop = builder.append_basic_block("tile.loop")
-            done = builder.append_basic_block("tile.done")
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            i = builder.phi(i64)
-            i.add_incoming(llvm_ir.Constant(i64, 0), entry)
-            acc = []
-            for _ in range(rows * vectors):
-                phi = builder.phi(vec)
-                phi.add_incoming(zero, entry)
-                acc.append(phi)
-            w_row = builder.gep(w_ptr, [builder.mul(i, ldw_)])
-            w_vec = [builder.load(vector_at(w_row, 16 * v), align=4) for v in range(vectors - 1)]
-            w_vec.append(builder.call(load, [vector_at(w_row, 16 * (vectors - 1)), align, mask,
-                                             zero]))
-            new = []
-            for q in range(rows):
-                a_q = builder.load(builder.gep(a_ptr, [builder.add(
-                    builder.mul(llvm_ir.Constant(i64, q), lda_), i)]), align=4)
-                a_vec = splat(a_q, vec)
-                new += [builder.call(fma, [a_vec, w_vec[v], acc[q * vectors + v]])
-                        for v in range(vectors)]
-            i_next = builder.add(i, llvm_ir.Constant(i64, 1))
-            i.add_incoming(i_next, loop)
-            for phi, value in zip(acc, new):
-                phi.add_incoming(value, loop)
-            builder.cbranch(builder.icmp_signed("<", i_next, k_), loop, done)
-            builder.position_at_end(done)
-            for q in range(rows):
-                y_row = builder.gep(y_ptr, [builder.mul(llvm_ir.Constant(i64, q), ldy_)])
-                for v in range(vectors - 1):
-                    builder.store(new[q * vectors + v], vector_at(y_row, 16 * v), align=4)
-                builder.call(store, [new[q * vectors + vectors - 1],
-                                     vector_at(y_row, 16 * (vectors - 1)), align, mask])
+            def tile(rows, vectors):
+                """The loop over i for one tile shape, from the current block on."""
+                entry = builder.basic_block
+                loop = builder.append_basic_block(f"tile{rows}x{vectors}.loop")
+                done = builder.append_basic_block(f"tile{rows}x{vectors}.done")
+                builder.branch(loop)
+                builder.position_at_end(loop)
+                i = builder.phi(i64)
+                i.add_incoming(llvm_ir.Constant(i64, 0), entry)
+                acc = []
+                for _ in range(rows * vectors):
+                    phi = builder.phi(vec)
+                    phi.add_incoming(zero, entry)
+                    acc.append(phi)
+                w_row = builder.gep(w_ptr, [builder.mul(i, ldw_)])
+                w_vec = [builder.load(vector_at(w_row, 16 * v), align=4)
+                         for v in range(vectors - 1)]
+                w_vec.append(builder.call(load, [vector_at(w_row, 16 * (vectors - 1)), align,
+                                                 mask, zero]))
+                new = []
+                for q in range(rows):
+                    a_q = builder.load(builder.gep(a_ptr, [builder.add(
+                        builder.mul(llvm_ir.Constant(i64, q), lda_), i)]), align=4)
+                    a_vec = splat(a_q, vec)
+                    new += [builder.call(fma, [a_vec, w_vec[v], acc[q * vectors + v]])
+                            for v in range(vectors)]
+                i_next = builder.add(i, llvm_ir.Constant(i64, 1))
+                i.add_incoming(i_next, loop)
+                for phi, value in zip(acc, new):
+                    phi.add_incoming(value, loop)
+                builder.cbranch(builder.icmp_signed("<", i_next, k_), loop, done)
+                builder.position_at_end(done)
+                for q in range(rows):
+                    y_row = builder.gep(y_ptr, [builder.mul(llvm_ir.Constant(i64, q), ldy_)])
+                    for v in range(vectors - 1):
+                        builder.store(new[q * vectors + v], vector_at(y_row, 16 * v), align=4)
+                    builder.call(store, [new[q * vectors + vectors - 1],
+                                         vector_at(y_row, 16 * (vectors - 1)), align, mask])
+
+            exit_ = builder.append_basic_block("tiles.exit")
+            switch = builder.switch(vectors_, exit_)
+            for vectors, rows in rows_of.items():
+                case = builder.append_basic_block(f"tiles.v{vectors}")
+                switch.add_case(llvm_ir.Constant(i64, vectors), case)
+                builder.position_at_end(case)
+                tile(rows, vectors)
+                builder.branch(exit_)
+            builder.position_at_end(exit_)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return tile
+    return tiles
 
 
-_TILE_1V, _TILE_2V, _TILE_3V, _TILE_4V = (_fma_tile(_TILE_ROWS[v], v) for v in (1, 2, 3, 4))
-_ROW_1V, _ROW_2V, _ROW_3V, _ROW_4V = (_fma_tile(1, v) for v in (1, 2, 3, 4))
-_TILE_ROWS_1V, _TILE_ROWS_2V, _TILE_ROWS_3V, _TILE_ROWS_4V = (_TILE_ROWS[v] for v in (1, 2, 3, 4))
+_TILES = _fma_tiles(_TILE_ROWS)
+_ROWS = _fma_tiles({v: 1 for v in _TILE_ROWS})
+_TILE_ROWS_OF = np.array([_TILE_ROWS.get(v, 0) for v in range(5)], np.int64)
 
 
 # Patch rows written and multiplied at a time (PatchesDac.products): measured (ResNet-32 analog
@@ -548,31 +562,14 @@ def _products(af, ao, lda, rows, k, wf, wo, ldw, ncols, yf, yo, ldy):
         width = min(ncols - g, 64)
         v = (width + 15) // 16
         tail = width - 16 * (v - 1)
+        tile = _TILE_ROWS_OF[v]
         p = 0
-        if v == 1:
-            while p + _TILE_ROWS_1V <= rows:
-                _TILE_1V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
-                p += _TILE_ROWS_1V
-            for p in range(p, rows):
-                _ROW_1V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
-        elif v == 2:
-            while p + _TILE_ROWS_2V <= rows:
-                _TILE_2V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
-                p += _TILE_ROWS_2V
-            for p in range(p, rows):
-                _ROW_2V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
-        elif v == 3:
-            while p + _TILE_ROWS_3V <= rows:
-                _TILE_3V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
-                p += _TILE_ROWS_3V
-            for p in range(p, rows):
-                _ROW_3V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
-        else:
-            while p + _TILE_ROWS_4V <= rows:
-                _TILE_4V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
-                p += _TILE_ROWS_4V
-            for p in range(p, rows):
-                _ROW_4V(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, tail)
+        while p + tile <= rows:
+            _TILES(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, v, tail)
+            p += tile
+        while p < rows:
+            _ROWS(af, ao + p * lda, lda, wf, wo + g, ldw, k, yf, yo + p * ldy + g, ldy, v, tail)
+            p += 1
 
 
 @njit(**_FAST)

@@ -99,6 +99,7 @@ def test_im2col_matches_twin():
 @pytest.mark.parametrize("kernel,stride,pads,dilation,groups,bounds", [
     ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, None),
     ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, [(0, 18), (18, 36)]),
+    ((3, 3), (2, 2), (0, 1, 2, 0), (1, 1), 1, None),                            # strided windows
     ((3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1, [(0, 13), (13, 25), (25, 36)]),   # cut mid-channel
     ((2, 3), (2, 1), (1, 0, 0, 2), (2, 1), 1, None),                            # any geometry
     ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, [(0, 18), (18, 36)]),             # grouped

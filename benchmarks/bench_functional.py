@@ -23,15 +23,17 @@ accuracy driver's default (its batch is the set of images that share one read of
 is part of the model, not a speed knob). onnxruntime is a test/benchmark extra, never a runtime
 dependency. Needs ../shared/data (or $ARCHSIM_DATA).
 
-BLAS kernels: onnxruntime brings its own AVX-512 GEMMs; archsim's GEMMs are numpy's OpenBLAS,
-whose kernels follow OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE where they are set (this project's
+BLAS kernels: onnxruntime brings its own AVX-512 GEMMs; archsim's FP32 GEMMs (and the analog
+pass's digital layers) are numpy's OpenBLAS - the analog layers' products are archsim's own
+register tiles (archsim.kernels.block_products_into), whatever BLAS there is - whose kernels
+follow OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE where they are set (this project's
 machines set Haswell and 512 for older OpenBLAS builds: AVX2 kernels, half the vector width of
 their AVX-512 CPUs). By default (``--blas native``) the benchmark restarts without both, numpy's
 OpenBLAS choosing its kernels as it does on a machine without them; ``--blas as-set`` keeps the
 environment's (see benchmarks/blas_kernels.py).
 The benchmark also times the matrix products alone (benchmarks/gemm_bound.py: the same GEMMs,
 blocks, chunks and threads, nothing else) and prints what that ceiling allows: no change outside
-BLAS takes a pass beyond it.
+BLAS takes the FP32 pass beyond it (the analog pass's own tiles can).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ by onnxruntime's images/s is below a target ratio, no change outside BLAS reache
 - :func:`inference_images_per_s`: the fused inference pass (archsim.network.infer): chunks of
   about CHUNK_MACS images walk the network on the worker threads; each layer's (rows, K) @ (K, N)
   runs in blocks of ``patch_block_rows(K)`` rows (archsim.layers.matrix). The analog pass makes
-  the same products (split over the arrays' row blocks and a replicated layer's copies: the same
-  multiply-adds in smaller pieces), so this is its ceiling too.
+  the same multiply-adds (split over the arrays' row blocks and a replicated layer's copies), but
+  in archsim's own register tiles (archsim.kernels.block_products_into, not BLAS: about 130
+  multiply-adds per ns on one Zen 5 core from cache), so for it this is a yardstick, not a bound.
 - :func:`training_images_per_s`: one training step without anything but its products: for every
   matrix layer the forward product, and backward the input gradient and the weight gradient, each
   over the layer's image chunks (Conv2d._chunk_parts) on the training workers.

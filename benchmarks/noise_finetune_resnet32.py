@@ -411,6 +411,11 @@ def drop_lines(evals: dict, networks: list[str]) -> list[str]:
     return lines
 
 
+def _points(value: float, line: float = 0.0) -> str:
+    """Points with 2 decimals, or 3 where 2 would hide which side of ``line`` the value is on."""
+    return f"{value:.3f}" if abs(value - line) < 0.005 else f"{value:.2f}"
+
+
 def goal_lines(goal: dict | None) -> list[str]:
     if goal is None:
         return ["Goal check: not available yet (needs the noise and control networks on the "
@@ -419,10 +424,11 @@ def goal_lines(goal: dict | None) -> list[str]:
     lines = [f"**Goal (Joshi et al. 2020): {'met' if ok else 'not met'}.** Hybrid mapping, "
              f"1 day after programming, GDC + AdaBS, {goal['chips']} chips:", "",
              f"- noise-trained: {goal['noise_1day']:.2f} ± {goal['noise_std']:.2f}% against its "
-             f"own FP32 {goal['noise_fp32']:.2f}%: a drop of {goal['drop_points']:.2f} points "
+             f"own FP32 {goal['noise_fp32']:.2f}%: a drop of "
+             f"{_points(goal['drop_points'], GOAL_POINTS)} points "
              f"(goal: at most {GOAL_POINTS:.1f}) -> "
              + ("met" if goal["within_1_point"] else
-                f"short by {goal['short_by_points']['drop']:.2f} points")
+                f"short by {_points(goal['short_by_points']['drop'])} points")
              + (f"; per chip {', '.join(f'{v:.2f}' for v in goal['noise_per_chip'])}: "
                 f"{goal['chips_within_1_point']} of {len(goal['noise_per_chip'])} chips within "
                 f"{GOAL_POINTS:.1f} point, standard error of the mean drop "
@@ -432,9 +438,10 @@ def goal_lines(goal: dict | None) -> list[str]:
              f"std {goal['chip_std_points']:.2f} (the larger of the two) -> "
              + ("met" if goal["beats_control"] else
                 f"short by {goal['short_by_points']['margin']:.2f} points"), ""]
-    if ok and goal.get("drop_sem_points", 0.0) > GOAL_POINTS - goal["drop_points"]:
+    if goal.get("drop_sem_points", 0.0) > abs(GOAL_POINTS - goal["drop_points"]):
         lines += [f"The drop is within one standard error of the {GOAL_POINTS:.1f}-point line: "
-                  "met on the mean of these chips, not with margin.", ""]
+                  + ("met" if goal["within_1_point"] else "not met")
+                  + " on the mean of these chips, which cannot tell either way.", ""]
     if not ok:
         lines += ["The next lever must be measured: add a `--variant` (more epochs, another eta "
                   "or clip) and rerun the same command; it trains, evaluates and reports beside "

@@ -366,7 +366,9 @@ def _patches_dac_by_pixel_kernel(x, window_max, geom, row0, row1, runs, levels, 
                 of[base + i] = 0.0
         elif tap_rows and levels > 0 and x0 >= 0 and x0 + kw <= w:
             # the layout is the kernel's rows in order (each kw C values of one input row) and
-            # this window lies inside the input's width: one scaled copy per kernel row
+            # this window lies inside the input's width: one scaled copy per kernel row, without
+            # _patch_row_runs' per-run bookkeeping (measured: the ResNet-32 analog pass 1.51-1.54
+            # against 1.56-1.61 ms/image on one thread through the runs)
             s = lv / m
             for i in range(kh):
                 y = y0 + i * dh

@@ -719,15 +719,12 @@ def array_products(layer_read: LayerRead, xq: np.ndarray, y: np.ndarray) -> np.n
     if all(d is None for d in layer_read.diagonal):
         return kernels.block_products_into(xq, layer_read.bounds, layer_read.weights,
                                            layer_read.block_cols, y)
-    for b, (r0, r1) in enumerate(layer_read.bounds):
-        c0, c1 = layer_read.block_cols[b]
-        diag = layer_read.diagonal[b]
+    for b, diag in enumerate(layer_read.diagonal):
         if diag is None:
-            kernels.block_products_into(np.ascontiguousarray(xq[:, r0:r1]), [[0, r1 - r0]],
-                                        np.ascontiguousarray(layer_read.weights[r0:r1, c0:c1]),
-                                        [[0, c1 - c0]], y[b:b + 1])
+            kernels.block_products_into(xq, layer_read.bounds[b:b + 1], layer_read.weights,
+                                        layer_read.block_cols[b:b + 1], y[b:b + 1])
         else:
-            kernels.grouped_products_into(xq, int(r0), diag, y[b])
+            kernels.grouped_products_into(xq, int(layer_read.bounds[b, 0]), diag, y[b])
     return y
 
 

@@ -7,6 +7,7 @@ kernel with a plain-numpy twin.
 from __future__ import annotations
 
 import functools
+import math
 
 import numba
 import numpy as np
@@ -545,8 +546,8 @@ PATCH_GROUP_BYTES = 256 * 1024
 
 def patch_group_rows(k: int) -> int:
     """Rows of K patch values that :meth:`PatchesDac.products` writes and multiplies at a time:
-    about ``PATCH_GROUP_BYTES``, a whole number of the tiles' rows."""
-    tile = 12
+    about ``PATCH_GROUP_BYTES``, a whole number of every tile's rows."""
+    tile = math.lcm(*_TILE_ROWS.values())
     return max(tile, PATCH_GROUP_BYTES // (4 * max(k, 1)) // tile * tile)
 
 
@@ -574,17 +575,23 @@ def _products(af, ao, lda, rows, k, wf, wo, ldw, ncols, yf, yo, ldy):
             p += 1
 
 
-@njit(**_FAST)
-def _block_products_kernel(x, bounds, w, cranges, y):
-    rows, k = x.shape
-    ldw = w.shape[1]
-    wb = y.shape[2]
-    xf, wf, yf = x.ravel(), w.ravel(), y.ravel()
+@njit(**_FAST, inline="always")
+def _row_block_products(af, lda, rows, bounds, wf, ldw, cranges, yf, y_rows, y_row0, wb):
+    """_products of ``rows`` rows of af (``lda`` values each) with each row block b's arrays
+    (rows ``bounds[b]``, columns ``cranges[b]`` of wf, ``ldw`` columns) into rows y_row0 ... of
+    block b of yf (``y_rows`` rows of ``wb`` values per block)."""
     for b in range(bounds.shape[0]):
         r0 = bounds[b, 0]
         c0 = cranges[b, 0]
-        _products(xf, r0, k, rows, bounds[b, 1] - r0, wf, r0 * ldw + c0, ldw,
-                  cranges[b, 1] - c0, yf, b * rows * wb, wb)
+        _products(af, r0, lda, rows, bounds[b, 1] - r0, wf, r0 * ldw + c0, ldw,
+                  cranges[b, 1] - c0, yf, (b * y_rows + y_row0) * wb, wb)
+
+
+@njit(**_FAST)
+def _block_products_kernel(x, bounds, w, cranges, y):
+    rows, k = x.shape
+    _row_block_products(x.ravel(), k, rows, bounds, w.ravel(), w.shape[1], cranges, y.ravel(),
+                        rows, 0, y.shape[2])
     return y
 
 
@@ -625,12 +632,10 @@ def products_into(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> np.ndarray:
 @njit(**_FAST)
 def _patch_products_kernel(x, window_max, by_pixel, geom, row0, row1, runs, bounds, levels, buf,
                            absmax, w, cranges, y, col0, col1):
-    """The patch + DAC kernels on a group of rows at a time into ``buf`` (G, K; in the L1
-    cache), each group's products with every row block's arrays straight after into y."""
+    """The patch + DAC kernels on a group of rows at a time into ``buf`` (G, K; sized to stay in
+    cache, patch_group_rows), each group's products with every row block's arrays straight after
+    into y."""
     group, k = buf.shape
-    rows = row1 - row0
-    ldw = w.shape[1]
-    wb = y.shape[2]
     bf = buf.ravel()
     wf = w.ravel()
     yf = y.ravel()
@@ -642,11 +647,8 @@ def _patch_products_kernel(x, window_max, by_pixel, geom, row0, row1, runs, boun
         else:
             _patches_dac_kernel(x, geom, g0, g1, runs, bounds, levels, buf, absmax[g0 - row0:],
                                 col0, col1)
-        for blk in range(bounds.shape[0]):
-            r0 = bounds[blk, 0]
-            c0 = cranges[blk, 0]
-            _products(bf, r0, k, g1 - g0, bounds[blk, 1] - r0, wf, r0 * ldw + c0, ldw,
-                      cranges[blk, 1] - c0, yf, (blk * rows + g0 - row0) * wb, wb)
+        _row_block_products(bf, k, g1 - g0, bounds, wf, w.shape[1], cranges, yf, row1 - row0,
+                            g0 - row0, y.shape[2])
     return y
 
 def _check_patches(x, geom, row0, row1, runs, out, name, cols=None):
